@@ -1,0 +1,60 @@
+"""Shared fixtures: a tiny random BERT built in code, a toy task, and an isolated cache per unit test.
+
+Unit tests never touch the real cache: each gets its own FUSIONKIT_CACHE under tmp_path. Tests marked
+``assets`` or ``notebook`` use the real offline models and corpora in the user's (or CI's) cache.
+"""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+WORDS = ["good", "great", "fine", "bad", "awful", "poor", "the", "a", "movie", "plot", "was", "is", "very",
+         "quite", "film", "story", "acting", "and", "but", "so"]
+
+
+@pytest.fixture(autouse=True)
+def isolated_cache(request, tmp_path, monkeypatch):
+    if request.node.get_closest_marker("assets") or request.node.get_closest_marker("notebook"):
+        return
+    monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 2-layer, hidden-32 BERT with a 25-word vocabulary, saved as a local transformers folder."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    path = tmp_path_factory.mktemp("tiny-bert")
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+    assert tokenizer.unk_token_id not in tokenizer("good movie")["input_ids"]
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def toy_frame(n: int = 240, seed: int = 0):
+    """Sentences whose label is decided by one sentiment word: easy to learn, so learning is testable."""
+    import pandas as pd
+
+    rng = random.Random(seed)
+    pos, neg, filler = WORDS[:3], WORDS[3:6], WORDS[6:]
+    rows = []
+    for i in range(n):
+        label = i % 2
+        words = rng.sample(filler, 5) + [rng.choice(pos if label else neg)]
+        rng.shuffle(words)
+        rows.append({"text": " ".join(words), "label": "positive" if label else "negative"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def toy_task():
+    from fusionkit.tasks import task_from
+
+    return task_from(toy_frame(), name="toy", label_names=["negative", "positive"])
