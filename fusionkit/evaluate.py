@@ -1,0 +1,129 @@
+"""Fast scoring of a model - or of any state dict - on a task, with one live model and data tokenised once.
+
+Merging and search evaluate hundreds of candidate weight sets. Reloading or deep-copying a model for each
+would dominate the cost, so :class:`Evaluator` keeps a single live model and runs candidates through
+``torch.func.functional_call``: the candidate's tensors stand in for the model's parameters during the
+forward pass, nothing is copied. Heads are passed the same way, which is how one body is scored on tasks
+with different label spaces (the classifier of task *j* on the body of expert *i*).
+
+Each (task, split) is tokenised once, sorted by length so batches carry little padding, and kept.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.func import functional_call
+
+from .runtime import pick_device
+from .tasks import Task
+
+
+def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((logits.argmax(-1) == labels).float().mean())
+
+
+METRICS = {"accuracy": accuracy}
+
+
+def head_prefixes(model) -> tuple[str, ...]:
+    """Top-level module names outside the shared body (``model.base_model``): the task head.
+
+    For BERT this is ``classifier`` (the pooler belongs to the body), for RoBERTa ``classifier`` (dense +
+    out_proj), for DistilBERT ``pre_classifier`` and ``classifier``.
+    """
+    prefix = model.base_model_prefix
+    return tuple(name for name, child in model.named_children()
+                 if name != prefix and next(child.parameters(), None) is not None)
+
+
+def split_head(state: dict, prefixes: tuple[str, ...]) -> tuple[dict, dict]:
+    """Split a state dict into (body, head) by the head's top-level module names."""
+    head = {k: v for k, v in state.items() if k.split(".", 1)[0] in prefixes}
+    body = {k: v for k, v in state.items() if k not in head}
+    return body, head
+
+
+@dataclass
+class Encoded:
+    """A tokenised split: length-sorted batches and the labels in original order."""
+
+    batches: list[dict]
+    order: torch.Tensor  # position in the original split of each sorted example
+    labels: torch.Tensor
+
+
+class Evaluator:
+    """Score state dicts on tasks with one live model.
+
+    >>> ev = Evaluator(model, tokenizer, max_length=64)
+    >>> ev.score(task, "validation", params=merged_state, head=heads["sentiment"])
+    """
+
+    def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 128, device="auto",
+                 limit: int | None = None):
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.batch_size = batch_size
+        self.limit = limit
+        self.head_prefixes = head_prefixes(model)
+        self._encoded: dict = {}
+
+    # -------------------------------------------------------------------------------- data
+    def encode(self, task: Task, split: str) -> Encoded:
+        ds = task.data[split]
+        key = (task.name, split, ds._fingerprint, self.limit)
+        if key not in self._encoded:
+            if self.limit is not None and len(ds) > self.limit:
+                ds = ds.select(range(self.limit))
+            enc = self.tokenizer(list(ds["text"]), truncation=True, max_length=self.max_length)
+            lengths = np.array([len(ids) for ids in enc["input_ids"]])
+            order = np.argsort(-lengths, kind="stable")
+            batches = []
+            for start in range(0, len(order), self.batch_size):
+                idx = order[start:start + self.batch_size]
+                feats = [{k: enc[k][i] for k in enc.keys()} for i in idx]
+                batch = self.tokenizer.pad(feats, return_tensors="pt")
+                batches.append({k: v.to(self.device) for k, v in batch.items()})
+            self._encoded[key] = Encoded(batches, torch.as_tensor(order), torch.as_tensor(ds["label"]))
+        return self._encoded[key]
+
+    # -------------------------------------------------------------------------------- scoring
+    @torch.inference_mode()
+    def logits(self, task: Task, split: str = "validation", params: dict | None = None,
+               head: dict | None = None) -> torch.Tensor:
+        """Logits ``[N, C]`` in the split's order. ``params`` and ``head`` replace the live model's tensors."""
+        enc = self.encode(task, split)
+        swap = {**(params or {}), **(head or {})}
+        swap = {k: v.to(self.device) for k, v in swap.items()}
+        outs = []
+        for batch in enc.batches:
+            if swap:
+                out = functional_call(self.model, swap, args=(), kwargs=batch, strict=False)
+            else:
+                out = self.model(**batch)
+            outs.append(out.logits.float())
+        sorted_logits = torch.cat(outs).cpu()
+        logits = torch.empty_like(sorted_logits)
+        logits[enc.order] = sorted_logits
+        return logits
+
+    def score(self, task: Task, split: str = "validation", params: dict | None = None,
+              head: dict | None = None) -> float:
+        logits = self.logits(task, split, params, head)
+        return METRICS[task.metric](logits, self.encode(task, split).labels)
+
+    def ensemble_score(self, task: Task, split: str, members: list[tuple[dict, dict | None]]) -> float:
+        """Score of the logit ensemble: the mean of each member's logits (N forward passes)."""
+        mean = torch.stack([self.logits(task, split, p, h) for p, h in members]).mean(0)
+        return METRICS[task.metric](mean, self.encode(task, split).labels)
+
+
+def evaluate(model, tokenizer, task: Task, splits=("validation", "test"), max_length: int = 128,
+             limit: int | None = None, device="auto") -> dict[str, float]:
+    """Score a model on a task: ``{split: metric}``. For many candidates, build one :class:`Evaluator`."""
+    ev = Evaluator(model, tokenizer, max_length=max_length, limit=limit, device=device)
+    return {split: ev.score(task, split) for split in splits}

@@ -1,0 +1,171 @@
+"""Experts: a base model fine-tuned on a task, stored once under a hash of the recipe that made it.
+
+``finetune(base, task, profile=...)`` trains with AdamW and a linear warm-up/decay schedule (the usual
+BERT fine-tuning recipe, Devlin et al. 2019), then writes a ``save_pretrained`` folder (safetensors,
+config with label names, tokenizer) plus ``recipe.json`` - base, task and its data fingerprint,
+hyperparameters, seed, the expert it started from, its scores and package versions. The folder is named
+by a hash of everything that determines the weights, so asking again returns the stored expert at once,
+and it is written atomically, so an interrupted fine-tune leaves nothing that looks finished.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from .assets import BASES, WHEELS, base_path
+from .cache import atomic_dir, cache_dir, read_json, stable_hash, write_json
+from .evaluate import Evaluator, head_prefixes, split_head
+from .profiles import Profile, get_profile
+from .runtime import pick_device, quiet_transformers, seed_everything
+from .tasks import Task
+
+RECIPE_VERSION = 1  # bump when training code changes what a recipe produces
+
+
+@dataclass
+class Expert:
+    """A fine-tuned model on disk. ``state_dict()`` reads its safetensors; ``load()`` builds the model."""
+
+    name: str
+    path: Path
+    recipe: dict
+
+    @property
+    def task(self) -> str:
+        return self.recipe["task"]
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def scores(self) -> dict:
+        return self.recipe.get("scores", {})
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        from safetensors.torch import load_file
+
+        return load_file(self.path / "model.safetensors")
+
+    def load(self, device="cpu"):
+        """``(model, tokenizer)`` as plain transformers objects."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(self.path).to(pick_device(device))
+        return model, AutoTokenizer.from_pretrained(self.path)
+
+    def body_and_head(self) -> tuple[dict, dict]:
+        return split_head(self.state_dict(), tuple(self.recipe["head_prefixes"]))
+
+    def __repr__(self) -> str:
+        return f"Expert({self.name!r}, task={self.task!r}, id={self.id}, scores={self.scores})"
+
+
+def _base_source(base: str) -> str:
+    return f"pypi:{WHEELS[BASES[base].wheel].requirement}" if base in BASES else base
+
+
+def _versions() -> dict:
+    import transformers
+
+    from . import __version__
+    return {"fusionkit": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def expert_recipe(base: str, task: Task, profile: Profile, seed: int, init: Expert | None) -> dict:
+    """Everything that determines an expert's weights (and so its cache key)."""
+    return {
+        "recipe_version": RECIPE_VERSION,
+        "base": base,
+        "base_source": _base_source(base),
+        "init": init.id if init is not None else None,
+        "task": task.name,
+        "task_fingerprint": task.fingerprint(),
+        "labels": task.label_names,
+        "train": {k: getattr(profile, k) for k in ("max_length", "epochs", "batch_size", "lr")},
+        "seed": seed,
+    }
+
+
+def find_expert(recipe: dict, name: str) -> Expert | None:
+    path = cache_dir("experts") / stable_hash(recipe)
+    if (path / "recipe.json").exists() and (path / "model.safetensors").exists():
+        return Expert(name, path, read_json(path / "recipe.json"))
+    return None
+
+
+def finetune(base: str, task: Task, profile: str | Profile = "smoke", seed: int = 0, init: Expert | None = None,
+             name: str | None = None, device="auto", quiet: bool = False, **overrides) -> Expert:
+    """Fine-tune ``base`` (or the expert ``init``, with a fresh head) on ``task``; cached by recipe.
+
+    ``task`` is used as given: subsample it first (``task.subsample``) for small runs. ``overrides``
+    change single profile fields, e.g. ``epochs=5``.
+    """
+    profile = get_profile(profile).with_(**overrides)
+    name = name or task.name
+    recipe = expert_recipe(base, task, profile, seed, init)
+    found = find_expert(recipe, name)
+    if found is not None:
+        return found
+
+    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+    from .assets import load_base
+
+    quiet_transformers()
+    seed_everything(seed)
+    model, tokenizer = load_base(base, labels=task.label_names)
+    if init is not None:
+        # Start from the expert's body; the head stays freshly initialised for the new label space.
+        body, _ = init.body_and_head()
+        missing = model.load_state_dict(body, strict=False)
+        if missing.unexpected_keys:
+            raise ValueError(f"expert {init.name} does not fit base {base}: {missing.unexpected_keys[:3]}")
+    device = pick_device(device)
+    model.to(device).train()
+
+    train = task.data["train"]
+    enc = tokenizer(list(train["text"]), truncation=True, max_length=profile.max_length)
+    labels = list(train["label"])
+    n = len(labels)
+    steps_per_epoch = math.ceil(n / profile.batch_size)
+    total = steps_per_epoch * profile.epochs
+    opt = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=0.01)
+    sched = get_linear_schedule_with_warmup(opt, int(0.1 * total), total)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    losses = []
+    with tqdm(total=total, desc=f"fine-tune {name}", disable=quiet, leave=False) as bar:
+        for _ in range(profile.epochs):
+            for idx in torch.randperm(n, generator=gen).split(profile.batch_size):
+                feats = [{k: enc[k][i] for k in enc.keys()} for i in idx.tolist()]
+                batch = {k: v.to(device) for k, v in tokenizer.pad(feats, return_tensors="pt").items()}
+                batch["labels"] = torch.tensor([labels[i] for i in idx.tolist()], device=device)
+                loss = model(**batch).loss
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                opt.zero_grad(set_to_none=True)
+                losses.append(loss.item())
+                bar.update()
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    train_seconds = time.perf_counter() - t0
+
+    ev = Evaluator(model, tokenizer, max_length=profile.max_length, device=device)
+    scores = {split: round(ev.score(task, split), 4) for split in ("validation", "test")}
+    meta = {**recipe, "name": name, "scores": scores, "chance": round(task.chance("test"), 4),
+            "train_seconds": round(train_seconds, 1), "train_examples": n, "steps": total,
+            "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+            "head_prefixes": list(head_prefixes(model)), "versions": _versions()}
+    dest = cache_dir("experts") / stable_hash(recipe)
+    with atomic_dir(dest, overwrite=True) as tmp:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        write_json(tmp / "recipe.json", meta)
+    return Expert(name, dest, meta)

@@ -1,0 +1,160 @@
+"""Zoos: named sets of experts that the notebooks, merges and searches share.
+
+* ``multitask``  - one MiniLM expert per bundled task (sentiment, subjectivity, topic, reuters, author).
+  Different label spaces: each expert keeps its own head (the GLUE-style setting of RegMean, Jin et al. 2023).
+* ``partitions`` - experts on label-skewed (non-IID) partitions of ``topic``: each partition draws 80% of its
+  examples from its own quarter of the 20 classes. One label space, so heads can be merged too.
+* ``transfer``   - DFWE's setting (Ninalga 2023): the source experts (every multitask expert but sentiment),
+  each fine-tuned again on a few-sample ``sentiment`` target.
+
+``Zoo.matrix()`` scores every expert on every task of the zoo. An expert is scored on another task with
+that task's head (from the zoo expert trained on it) on its own body, which asks how well its body serves
+the task - the same way merged bodies are scored later.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .cache import cache_dir, read_json, stable_hash, write_json
+from .evaluate import Evaluator
+from .experts import Expert, finetune
+from .profiles import Profile, get_profile
+from .tasks import Task, load_task
+
+BASE = "minilm"
+MULTITASK = ("sentiment", "subjectivity", "topic", "reuters", "author")
+SPLITS = ("validation", "test")
+
+
+@dataclass
+class Zoo:
+    name: str
+    profile: Profile
+    tasks: dict[str, Task]
+    experts: list[Expert]
+    base: str = BASE
+    _matrix: dict | None = field(default=None, repr=False)
+
+    def expert(self, name: str) -> Expert:
+        for e in self.experts:
+            if e.name == name:
+                return e
+        raise KeyError(f"zoo {self.name!r} has no expert {name!r}; fix: use one of {[e.name for e in self.experts]}")
+
+    def heads(self) -> dict[str, dict]:
+        """Per task, the head of the first expert trained on it."""
+        heads = {}
+        for e in self.experts:
+            if e.task in self.tasks and e.task not in heads:
+                heads[e.task] = e.body_and_head()[1]
+        return heads
+
+    def evaluator(self) -> Evaluator:
+        model, tokenizer = self.experts[0].load()
+        return Evaluator(model, tokenizer, max_length=self.profile.max_length,
+                         batch_size=self.profile.eval_batch_size)
+
+    def matrix(self, evaluator: Evaluator | None = None, quiet: bool = True) -> dict:
+        """``{expert: {task: {"validation": s, "test": s}}}``, cached beside the experts."""
+        if self._matrix is not None:
+            return self._matrix
+        key = stable_hash([self.name, [e.id for e in self.experts],
+                           {t: task.fingerprint() for t, task in self.tasks.items()}])
+        path = cache_dir("zoos") / f"{self.name}-{self.profile.name}-{key}.json"
+        if path.exists():
+            self._matrix = read_json(path)
+            return self._matrix
+        ev = evaluator or self.evaluator()
+        heads = self.heads()
+        matrix = {}
+        for e in self.experts:
+            body, own_head = e.body_and_head()
+            row = {}
+            for t, task in self.tasks.items():
+                head = own_head if e.task == t else heads[t]
+                row[t] = {s: round(ev.score(task, s, params=body, head=head), 4) for s in SPLITS}
+            matrix[e.name] = row
+        write_json(path, matrix)
+        self._matrix = matrix
+        return matrix
+
+    def to_dict(self) -> dict:
+        """The CLI's JSON: tasks with their chance level, experts with their scores on every task."""
+        matrix = self.matrix()
+        return {
+            "zoo": self.name,
+            "profile": self.profile.name,
+            "base": self.base,
+            "tasks": {t: {"num_labels": task.num_labels, "chance": round(task.chance("test"), 4),
+                          "sizes": task.sizes()} for t, task in self.tasks.items()},
+            "experts": [{"name": e.name, "task": e.task, "id": e.id, "path": str(e.path),
+                         "train_examples": e.recipe.get("train_examples"), "scores": matrix[e.name]}
+                        for e in self.experts],
+        }
+
+
+def profile_task(name: str, profile: Profile, seed: int = 0) -> Task:
+    """A bundled task cut to the profile's sizes (train and each evaluation split)."""
+    return load_task(name).subsample(
+        {"train": profile.train_examples, "validation": profile.eval_examples, "test": profile.eval_examples},
+        seed=seed)
+
+
+def _multitask(profile: Profile, seed: int, quiet: bool) -> Zoo:
+    tasks = {t: profile_task(t, profile, seed) for t in MULTITASK}
+    experts = [finetune(BASE, task, profile, seed=seed, quiet=quiet) for task in tasks.values()]
+    return Zoo("multitask", profile, tasks, experts)
+
+
+def label_skewed_partitions(labels, k: int, skew: float = 0.8, seed: int = 0) -> list[np.ndarray]:
+    """Indices of ``k`` non-IID partitions: class c lives in partition c mod k with probability ``skew``,
+    otherwise in one of the other partitions chosen uniformly."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    home = labels % k
+    stay = rng.random(len(labels)) < skew
+    other = (home + rng.integers(1, k, len(labels))) % k
+    part = np.where(stay, home, other)
+    return [np.flatnonzero(part == i) for i in range(k)]
+
+
+def _partitions(profile: Profile, seed: int, quiet: bool, k: int = 4) -> Zoo:
+    pool = load_task("topic").subsample(
+        {"train": None if profile.train_examples is None else k * profile.train_examples,
+         "validation": profile.eval_examples, "test": profile.eval_examples}, seed=seed)
+    import datasets
+
+    experts = []
+    for i, idx in enumerate(label_skewed_partitions(pool.data["train"]["label"], k, seed=seed)):
+        # Named "topic": same label space, so scored (and later merged) as topic experts.
+        part = Task("topic", datasets.DatasetDict(train=pool.data["train"].select(idx),
+                                                        validation=pool.data["validation"],
+                                                        test=pool.data["test"]), description=f"topic partition {i}")
+        experts.append(finetune(BASE, part, profile, seed=seed, name=f"topic-p{i}", quiet=quiet))
+    return Zoo("partitions", profile, {"topic": pool}, experts)
+
+
+def transfer_target(profile: Profile, seed: int = 0) -> Task:
+    """The few-sample target: ``profile.few_shot`` sentiment training examples, normal dev/test."""
+    return load_task("sentiment").subsample(
+        {"train": profile.few_shot, "validation": profile.eval_examples, "test": profile.eval_examples}, seed=seed)
+
+
+def _transfer(profile: Profile, seed: int, quiet: bool) -> Zoo:
+    sources = [e for e in _multitask(profile, seed, quiet).experts if e.task != "sentiment"]
+    target = transfer_target(profile, seed)
+    experts = [finetune(BASE, target, profile, seed=seed, init=src, name=f"{src.name}>sentiment", quiet=quiet,
+                        epochs=profile.few_shot_epochs) for src in sources]
+    return Zoo("transfer", profile, {"sentiment": target}, experts)
+
+
+ZOOS = {"multitask": _multitask, "partitions": _partitions, "transfer": _transfer}
+
+
+def build_zoo(name: str = "multitask", profile: str | Profile = "smoke", seed: int = 0, quiet: bool = False) -> Zoo:
+    """Build (or reuse from the cache) the experts of a named zoo."""
+    if name not in ZOOS:
+        raise ValueError(f"unknown zoo {name!r}; fix: use one of {', '.join(ZOOS)}")
+    return ZOOS[name](get_profile(profile), seed, quiet)
