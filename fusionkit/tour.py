@@ -1,0 +1,115 @@
+"""Run the notebooks headlessly with papermill, by profile, and collect the numbers each one records.
+
+``run_tour(profile="smoke")`` executes every ``notebooks/NN_*.ipynb`` in order (working directory = the
+notebook's folder, kernel ``python3``, a per-notebook timeout) and writes, under ``runs/<timestamp>/``,
+the executed copy, an HTML rendering and the JSON of what the notebook passed to :func:`record`.
+
+papermill only *warns* about a parameter the notebook does not declare, so injected names are checked
+against ``papermill.inspect_notebook`` first and a typo fails the run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from .cache import read_json, write_json
+
+RECORD_ENV = "FUSIONKIT_RECORD"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def record(**numbers) -> dict:
+    """Record a notebook's key numbers; under the tour they land in a JSON file beside the executed copy."""
+    path = os.environ.get(RECORD_ENV)
+    if path:
+        current = read_json(path) if Path(path).exists() else {}
+        current.update(numbers)
+        write_json(path, current)
+    return numbers
+
+
+def notebooks(folder: str | Path | None = None) -> list[Path]:
+    folder = Path(folder or REPO / "notebooks")
+    return sorted(p for p in folder.glob("[0-9][0-9]_*.ipynb"))
+
+
+def check_parameters(path: str | Path, parameters: dict) -> None:
+    import papermill
+
+    declared = papermill.inspect_notebook(str(path))
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        raise ValueError(f"{Path(path).name} has no parameter(s) {unknown}; declared: {sorted(declared)}")
+
+
+def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None = None,
+                 timeout: int = 1800, html: bool = True) -> dict:
+    """Execute one notebook; returns ``{notebook, seconds, status, error, record}``."""
+    import papermill
+
+    path, out_dir = Path(path), Path(out_dir)
+    parameters = dict(parameters or {})
+    check_parameters(path, parameters)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / path.name
+    record_path = out_dir / f"{path.stem}.json"
+    env_before = {k: os.environ.get(k) for k in (RECORD_ENV, "PLOTLY_RENDERER", "PATH")}
+    os.environ[RECORD_ENV] = str(record_path)
+    os.environ.setdefault("PLOTLY_RENDERER", "notebook_connected")
+    # The python3 kernel must be this interpreter (a venv's python), whatever PATH the caller had.
+    os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    t0 = time.perf_counter()
+    status, error = "ok", ""
+    try:
+        papermill.execute_notebook(str(path), str(executed), parameters=parameters, kernel_name="python3",
+                                   cwd=str(path.parent), execution_timeout=timeout, progress_bar=False,
+                                   request_save_on_cancel=False)
+    except Exception as e:  # a failing notebook is a row in the table, not the end of the tour
+        status, error = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+    finally:
+        for k, v in env_before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    seconds = time.perf_counter() - t0
+    if html and executed.exists():
+        _to_html(executed)
+    return {"notebook": path.name, "seconds": round(seconds, 1), "status": status, "error": error,
+            "record": read_json(record_path) if record_path.exists() else {}}
+
+
+def _to_html(executed: Path) -> None:
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
+    executed.with_suffix(".html").write_text(body)
+
+
+def run_tour(profile: str = "smoke", only: list[str] | None = None, out: str | Path | None = None,
+             timeout: int = 1800, folder: str | Path | None = None) -> tuple[Path, list[dict]]:
+    """Execute the notebooks (all, or those whose names contain one of ``only``) with ``profile``."""
+    out = Path(out or REPO / "runs" / time.strftime("%Y%m%d-%H%M%S"))
+    rows = []
+    for nb in notebooks(folder):
+        if only and not any(o in nb.name for o in only):
+            continue
+        rows.append(run_notebook(nb, out, {"profile": profile}, timeout=timeout))
+    write_json(out / "tour.json", {"profile": profile, "notebooks": rows})
+    return out, rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = [f"{'notebook':<36} {'seconds':>8}  {'status':<7} key numbers"]
+    for r in rows:
+        numbers = ", ".join(f"{k}={v}" for k, v in list(r["record"].items())[:4] if not isinstance(v, (dict, list)))
+        lines.append(f"{r['notebook']:<36} {r['seconds']:>8.1f}  {r['status']:<7} {numbers or r['error']}")
+    return "\n".join(lines)
+
+
+def summary(rows: list[dict]) -> str:
+    return json.dumps(rows, indent=2)

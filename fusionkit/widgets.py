@@ -1,0 +1,61 @@
+"""ipywidgets explorers built on :mod:`fusionkit.plots`.
+
+Conventions (``shared/design/notebooks.md``): build one ``FigureWidget``, update its traces inside
+``batch_update()`` from ``observe(..., names="value")``, and show callback errors in an ``Output`` widget
+(JupyterLab swallows them otherwise). Each explorer returns its controls and figure so tests can set a
+value and check that the figure changed, without a browser.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import ipywidgets as W
+import plotly.graph_objects as go
+
+from . import plots
+
+
+@dataclass
+class Explorer:
+    """An explorer's parts: the box to display, its controls by name, its live figure and error output."""
+
+    box: W.Widget
+    controls: dict
+    figure: go.FigureWidget
+    errors: W.Output
+
+    def _ipython_display_(self):
+        from IPython.display import display
+
+        display(self.box)
+
+
+def task_explorer(tasks: dict) -> Explorer:
+    """Pick a task and a split: the label-balance bars and a few examples update."""
+    names = list(tasks)
+    task_menu = W.Dropdown(options=names, value=names[0], description="task")
+    split_menu = W.ToggleButtons(options=["train", "validation", "test"], value="train", description="split")
+    fig = go.FigureWidget(plots.label_balance(tasks[names[0]]))
+    examples = W.HTML()
+    errors = W.Output()
+
+    def show_examples(task, split):
+        rows = task.data[split].select(range(min(4, len(task.data[split]))))
+        items = "".join(f"<li><b>{task.label_names[r['label']]}</b>: {r['text'][:160]}</li>" for r in rows)
+        examples.value = f"<ul>{items}</ul>"
+
+    def update(_=None):
+        with errors:
+            task, split = tasks[task_menu.value], split_menu.value
+            new = plots.label_balance(task, split)
+            with fig.batch_update():
+                fig.data[0].x = new.data[0].x
+                fig.data[0].y = new.data[0].y
+                fig.layout.title = new.layout.title
+            show_examples(task, split)
+
+    task_menu.observe(update, names="value")
+    split_menu.observe(update, names="value")
+    update()
+    box = W.VBox([W.HBox([task_menu, split_menu]), fig, examples, errors])
+    return Explorer(box, {"task": task_menu, "split": split_menu}, fig, errors)

@@ -1,0 +1,28 @@
+"""Explorers without a browser: set a control's value and check the live figure changed."""
+from conftest import toy_frame
+from fusionkit import plots
+from fusionkit.tasks import task_from
+from fusionkit.widgets import task_explorer
+
+
+def test_task_explorer_updates_its_figure():
+    three = toy_frame(90)
+    three.loc[::3, "label"] = "neutral"
+    tasks = {"toy": task_from(toy_frame(100), name="toy"), "three": task_from(three, name="three")}
+    ex = task_explorer(tasks)
+    assert list(ex.figure.data[0].x) == ["negative", "positive"]
+    ex.controls["task"].value = "three"
+    assert list(ex.figure.data[0].x) == ["negative", "neutral", "positive"]
+    before = list(ex.figure.data[0].y)
+    ex.controls["split"].value = "test"
+    assert list(ex.figure.data[0].y) != before and sum(ex.figure.data[0].y) == 9
+    assert ex.errors.outputs == ()  # no callback error was swallowed
+
+
+def test_heatmap_marks_gain_over_chance():
+    zoo = {"zoo": "z", "profile": "smoke", "tasks": {"a": {"chance": 0.5}, "b": {"chance": 0.25}},
+           "experts": [{"name": "ea", "scores": {"a": {"test": 0.9}, "b": {"test": 0.25}}},
+                       {"name": "eb", "scores": {"a": {"test": 0.5}, "b": {"test": 0.75}}}]}
+    fig = plots.expert_task_heatmap(zoo, relative=True)
+    assert [list(r) for r in fig.data[0].z] == [[0.4, 0.0], [0.0, 0.5]]
+    assert [list(r) for r in plots.expert_task_heatmap(zoo).data[0].z] == [[0.9, 0.25], [0.5, 0.75]]
