@@ -2,6 +2,8 @@
 
     fusionkit assets [--list]                         fetch, verify and convert the offline models and corpora
     fusionkit zoo NAME --profile smoke|full [--json]  build (or reuse) a zoo and print its expert x task matrix
+    fusionkit merge --list | METHOD [--zoo Z] [--experts a,b] [options] [--out DIR] [--json]
+                                                      merge a zoo and score it next to its experts and the ensemble
     fusionkit tour --profile smoke|full               execute every notebook headlessly and print a table
 """
 from __future__ import annotations
@@ -42,6 +44,76 @@ def _zoo(args) -> int:
     return 0
 
 
+def _method_options() -> dict:
+    """Every option of every merge method, by name, with its default (for argparse flags)."""
+    from .merge import METHODS
+
+    opts = {}
+    for m in METHODS.values():
+        for k, o in m.options.items():
+            opts.setdefault(k, o)
+    return opts
+
+
+def _merge(args) -> int:
+    from .merge import describe_methods, get_method
+
+    if args.list or not args.method:
+        rows = describe_methods()
+        if args.json:
+            print(json.dumps(rows, indent=2))
+            return 0
+        for r in rows:
+            needs = ", ".join(filter(None, ["base" if r["needs_base"] else "", r["stats"] and f"{r['stats']} stats",
+                                            r["n_experts"] and f"exactly {r['n_experts']} experts"]))
+            print(f"{r['method']:<16} {r['summary']}" + (f"  [needs {needs}]" if needs else ""))
+            for k, o in r["options"].items():
+                print(f"{'':<18}--{k} (default {o['default']!r}): {o['help']}")
+        return 0
+    from .export import save_merged
+    from .fuse import merge_report
+    from .weights import ParamFilter
+    from .zoo import build_zoo
+
+    method = get_method(args.method)
+    # --seed is global: it seeds the zoo, the base head, the statistics and (DARE) the drop masks.
+    given = {k: getattr(args, k) for k in _method_options() if k != "seed" and getattr(args, k) is not None}
+    wrong = sorted(set(given) - set(method.options))
+    if wrong:
+        raise ValueError(f"{args.method} has no option(s) {wrong}; it takes {sorted(method.options) or 'none'}")
+    if args.weights:
+        given["weights"] = [float(w) for w in args.weights.split(",")]
+    if args.include or args.exclude:
+        given["filter"] = ParamFilter.parse(args.include, args.exclude)
+    if method.stats == "fisher":
+        given["fisher_variant"] = args.fisher_variant
+    zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
+    experts = [e.strip() for e in args.experts.split(",")] if args.experts else None
+    merged, report = merge_report(args.method, zoo, experts, seed=args.seed, **given)
+    if args.out:
+        from .assets import base_path
+
+        save_merged(merged, args.out, overwrite=args.overwrite, base_path=base_path(zoo.base),
+                    extra={"zoo": zoo.name, "profile": zoo.profile.name, "scores": report["results"]})
+        report["out"] = args.out
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    tasks = list(report["results"])
+    print(f"{args.method} on zoo {zoo.name} ({zoo.profile.name}), options {report['options']}; heads {report['heads']}")
+    print(f"{'test accuracy':<28}" + "".join(f"{t:>14}" for t in tasks) + f"{'mean':>10}")
+    rows = [(f"merged ({args.method})", report["results"]), ("ensemble (logits)", report["ensemble"])]
+    rows += [(f"expert {n}", s) for n, s in report["experts"].items()] + [("chance", None)]
+    for label, scores in rows:
+        vals = [report["chance"][t] if scores is None else scores[t]["test"] for t in tasks]
+        print(f"{label:<28}" + "".join(f"{v:>14.3f}" for v in vals) + f"{sum(vals) / len(vals):>10.3f}")
+    for note in report["notes"]:
+        print("note:", note)
+    if args.out:
+        print(f"saved to {args.out}")
+    return 0
+
+
 def _tour(args) -> int:
     from .tour import format_table, run_tour
 
@@ -68,6 +140,27 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     z.set_defaults(func=_zoo)
+
+    m = sub.add_parser("merge", help="merge a zoo's experts; --list shows every method and its options")
+    m.add_argument("method", nargs="?", help="a method from --list")
+    m.add_argument("--list", action="store_true", help="list the methods and their options")
+    m.add_argument("--zoo", choices=sorted(ZOOS), default="multitask")
+    m.add_argument("--experts", help="comma-separated expert names (default: the whole zoo)")
+    m.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    m.add_argument("--seed", type=int, default=0)
+    m.add_argument("--weights", help="comma-separated coefficients, one per expert")
+    m.add_argument("--include", help="comma-separated parameter-name globs to merge (default all)")
+    m.add_argument("--exclude", help="comma-separated parameter-name globs to leave at the base / average")
+    m.add_argument("--fisher-variant", choices=["sample", "argmax", "gold"], default="sample")
+    for k, o in _method_options().items():
+        if k == "seed":
+            continue
+        kind = type(o.default) if not isinstance(o.default, bool) else (lambda v: v.lower() in ("1", "true", "yes"))
+        m.add_argument(f"--{k}", type=kind, default=None, help=f"{o.help} (default {o.default!r})")
+    m.add_argument("--out", help="write the merged model folder(s) + recipe.json (+ mergekit.yml) here")
+    m.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    m.add_argument("--json", action="store_true")
+    m.set_defaults(func=_merge)
 
     t = sub.add_parser("tour", help="execute every notebook with papermill and print a table")
     t.add_argument("--profile", choices=["smoke", "full"], default="smoke")

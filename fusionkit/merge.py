@@ -16,7 +16,8 @@ Methods (θ₀ base, θᵢ experts, τᵢ = θᵢ − θ₀, wᵢ coefficients):
                        s = sgn(Σ wᵢτ̂ᵢ), average the entries that agree with s (disjoint mean), θ = θ₀ + λτ_M
                        (Yadav et al. 2023)
 * ``dare``             drop each entry of τᵢ with probability p and rescale the survivors - by 1/(1−p) (the paper,
-                       Yu et al. 2024: unbiased) or to keep each τᵢ's L1 norm (mergekit's variant) - then merge with
+                       Yu et al. 2024: unbiased in expectation; mergekit's dare_linear / dare_ties do the same) or to
+                       keep each τᵢ's L1 norm (the rule mergekit applies after magnitude pruning) - then merge with
                        task arithmetic or TIES
 * ``slerp``            two models, per tensor: along the great circle, Ω = arccos⟨θ̂_A, θ̂_B⟩,
                        θ = sin((1−t)Ω)/sin Ω · θ_A + sin(tΩ)/sin Ω · θ_B; linear when nearly colinear (Shoemake 1985)
@@ -167,7 +168,8 @@ def _tensor_generator(seed: int, name: str, i: int) -> torch.Generator:
 
 @register("dare", "DARE: random drop p + rescale, then task arithmetic or TIES", needs_base=True,
           p=Option(0.5, "drop probability", lambda v: 0 <= v < 1, "in [0, 1)"),
-          rescale=Option("inverse", "'inverse' = ×1/(1−p) (paper, unbiased); 'l1' = keep L1 norm (mergekit)",
+          rescale=Option("inverse", "'inverse' = ×1/(1−p) (paper, unbiased; also mergekit's dare_*); "
+                         "'l1' = keep each τᵢ's L1 norm (mergekit's rescale for magnitude pruning)",
                          lambda v: v in ("inverse", "l1"), "'inverse' or 'l1'"),
           then=Option("task_arithmetic", "merge of the sparsified vectors: 'task_arithmetic' or 'ties'",
                       lambda v: v in ("task_arithmetic", "ties"), "'task_arithmetic' or 'ties'"),

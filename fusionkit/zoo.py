@@ -34,6 +34,7 @@ class Zoo:
     profile: Profile
     tasks: dict[str, Task]
     experts: list[Expert]
+    train_tasks: dict[str, Task] = field(default_factory=dict)  # expert name -> the data it was tuned on
     base: str = BASE
     _matrix: dict | None = field(default=None, repr=False)
 
@@ -105,7 +106,7 @@ def profile_task(name: str, profile: Profile, seed: int = 0) -> Task:
 def _multitask(profile: Profile, seed: int, quiet: bool) -> Zoo:
     tasks = {t: profile_task(t, profile, seed) for t in MULTITASK}
     experts = [finetune(BASE, task, profile, seed=seed, quiet=quiet) for task in tasks.values()]
-    return Zoo("multitask", profile, tasks, experts)
+    return Zoo("multitask", profile, tasks, experts, train_tasks={e.name: tasks[e.task] for e in experts})
 
 
 def label_skewed_partitions(labels, k: int, skew: float = 0.8, seed: int = 0) -> list[np.ndarray]:
@@ -126,14 +127,15 @@ def _partitions(profile: Profile, seed: int, quiet: bool, k: int = 4) -> Zoo:
          "validation": profile.eval_examples, "test": profile.eval_examples}, seed=seed)
     import datasets
 
-    experts = []
+    experts, train_tasks = [], {}
     for i, idx in enumerate(label_skewed_partitions(pool.data["train"]["label"], k, seed=seed)):
         # Named "topic": same label space, so scored (and later merged) as topic experts.
         part = Task("topic", datasets.DatasetDict(train=pool.data["train"].select(idx),
                                                         validation=pool.data["validation"],
                                                         test=pool.data["test"]), description=f"topic partition {i}")
         experts.append(finetune(BASE, part, profile, seed=seed, name=f"topic-p{i}", quiet=quiet))
-    return Zoo("partitions", profile, {"topic": pool}, experts)
+        train_tasks[experts[-1].name] = part
+    return Zoo("partitions", profile, {"topic": pool}, experts, train_tasks)
 
 
 def transfer_target(profile: Profile, seed: int = 0) -> Task:
@@ -147,7 +149,7 @@ def _transfer(profile: Profile, seed: int, quiet: bool) -> Zoo:
     target = transfer_target(profile, seed)
     experts = [finetune(BASE, target, profile, seed=seed, init=src, name=f"{src.name}>sentiment", quiet=quiet,
                         epochs=profile.few_shot_epochs) for src in sources]
-    return Zoo("transfer", profile, {"sentiment": target}, experts)
+    return Zoo("transfer", profile, {"sentiment": target}, experts, {e.name: target for e in experts})
 
 
 ZOOS = {"multitask": _multitask, "partitions": _partitions, "transfer": _transfer}

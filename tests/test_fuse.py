@@ -1,0 +1,126 @@
+"""Merging whole experts: the head policy, statistics, the written folder and the mergekit export."""
+import json
+
+import pytest
+import torch
+
+from conftest import toy_frame
+from fusionkit.evaluate import Evaluator
+from fusionkit.experts import finetune
+from fusionkit.export import mergekit_config, save_merged, to_yaml
+from fusionkit.fuse import ensemble_scores, merge_zoo, score_merged
+from fusionkit.merge import MergeError
+from fusionkit.profiles import get_profile
+from fusionkit.tasks import task_from
+from fusionkit.zoo import Zoo
+
+FAST = dict(epochs=3, batch_size=16, lr=3e-3, max_length=16)
+
+
+@pytest.fixture
+def tiny_zoo(tiny_bert):
+    """Two experts with different label spaces (2 and 3 labels) on one tiny base."""
+    two = task_from(toy_frame(120), name="two")
+    df = toy_frame(120, seed=1)
+    df.loc[::3, "label"] = "neutral"
+    three = task_from(df, name="three")
+    profile = get_profile("smoke").with_(max_length=16, stats_examples=16)
+    experts = [finetune(tiny_bert, t, "smoke", quiet=True, **FAST) for t in (two, three)]
+    return Zoo("tiny", profile, {"two": two, "three": three}, experts,
+               train_tasks={"two": two, "three": three}, base=tiny_bert)
+
+
+@pytest.fixture
+def shared_zoo(tiny_bert):
+    two = task_from(toy_frame(120), name="two")
+    profile = get_profile("smoke").with_(max_length=16, stats_examples=16)
+    experts = [finetune(tiny_bert, two, "smoke", seed=s, name=f"two-s{s}", quiet=True, **FAST) for s in (0, 1)]
+    return Zoo("shared", profile, {"two": two}, experts, train_tasks={e.name: two for e in experts}, base=tiny_bert)
+
+
+def evaluator(zoo):
+    model, tok = zoo.experts[0].load()
+    return Evaluator(model, tok, max_length=16)
+
+
+def test_different_tasks_merge_bodies_and_keep_heads(tiny_zoo):
+    merged = merge_zoo("average", tiny_zoo)
+    assert not merged.heads_merged and set(merged.heads) == {"two", "three"}
+    assert merged.heads["three"]["classifier.weight"].shape[0] == 3
+    assert not any(k.startswith("classifier") for k in merged.body)
+    bodies = [e.body_and_head()[0] for e in tiny_zoo.experts]
+    k = "bert.encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(merged.body[k], (bodies[0][k] + bodies[1][k]) / 2)
+    scores = score_merged(merged, tiny_zoo, evaluator(tiny_zoo))
+    assert set(scores) == {"two", "three"} and all(0 <= s["test"] <= 1 for s in scores.values())
+
+
+def test_shared_label_space_merges_heads_too(shared_zoo):
+    merged = merge_zoo("ties", shared_zoo, density=0.5)
+    assert merged.heads_merged and list(merged.heads) == ["two"]
+    heads = [e.body_and_head()[1]["classifier.weight"] for e in shared_zoo.experts]
+    assert not torch.equal(merged.heads["two"]["classifier.weight"], heads[0])
+
+
+def test_regmean_measures_once_and_caches(tiny_zoo):
+    from fusionkit.cache import cache_dir
+
+    merge_zoo("regmean", tiny_zoo, alpha=0.9)
+    files = sorted(p.name for e in tiny_zoo.experts for p in cache_dir("stats", e.id).iterdir())
+    assert len(files) == 2 and all(f.startswith("gram-") for f in files)
+    merge_zoo("regmean", tiny_zoo, alpha=0.5)  # reuses the cached Grams
+    assert sorted(p.name for e in tiny_zoo.experts for p in cache_dir("stats", e.id).iterdir()) == files
+
+
+def test_saved_folders_load_in_plain_transformers_and_score_the_same(tiny_zoo, tmp_path):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    merged = merge_zoo("task_arithmetic", tiny_zoo, lam=0.7)
+    ev = evaluator(tiny_zoo)
+    in_memory = score_merged(merged, tiny_zoo, ev)
+    out = save_merged(merged, tmp_path / "merged")
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["method"] == "task_arithmetic" and recipe["options"]["lam"] == 0.7
+    assert {i["name"] for i in recipe["inputs"]} == {"two", "three"} and all(len(i["sha256"]) == 64 for i in recipe["inputs"])
+    for task in ("two", "three"):
+        model = AutoModelForSequenceClassification.from_pretrained(out / task)
+        tok = AutoTokenizer.from_pretrained(out / task)
+        fresh = Evaluator(model, tok, max_length=16)
+        task_ = tiny_zoo.tasks[task]
+        assert round(fresh.score(task_, "test"), 4) == in_memory[task]["test"]
+        torch.testing.assert_close(fresh.logits(task_, "test"),
+                                   ev.logits(task_, "test", params=merged.body, head=merged.heads[task]))
+    with pytest.raises(FileExistsError, match="already exists"):
+        save_merged(merged, out)
+    save_merged(merged, out, overwrite=True)
+
+
+def test_mergekit_export():
+    class E:
+        def __init__(self, n):
+            self.path, self.name = f"/m/{n}", n
+
+    from fusionkit.fuse import Merged
+
+    m = Merged("ties", {"density": 0.3, "lam": 1.0}, {}, {}, False, [E("a"), E("b")])
+    cfg = mergekit_config(m, base_path="/m/base")
+    assert cfg["merge_method"] == "ties" and cfg["base_model"] == "/m/base"
+    assert cfg["models"][0]["parameters"] == {"weight": 1.0, "density": 0.3}
+    text = to_yaml(cfg)
+    assert "merge_method: ties" in text and "density: 0.3" in text and "- model: /m/a" in text
+    assert mergekit_config(Merged("regmean", {}, {}, {}, False, [E("a"), E("b")])) is None
+    dare = mergekit_config(Merged("dare", {"p": 0.7, "rescale": "inverse", "then": "ties", "lam": 1.0, "seed": 0},
+                                  {}, {}, False, [E("a"), E("b")]), "/m/base")
+    assert dare["merge_method"] == "dare_ties" and dare["models"][1]["parameters"]["density"] == 0.3
+
+
+def test_ensemble_scores_every_task(tiny_zoo):
+    scores = ensemble_scores(tiny_zoo, evaluator(tiny_zoo))
+    assert set(scores) == {"two", "three"}
+
+
+def test_experts_of_different_bases_are_refused(tiny_zoo):
+    other = tiny_zoo.experts[1]
+    other.recipe = {**other.recipe, "base": "minilm"}
+    with pytest.raises(MergeError, match="different bases"):
+        merge_zoo("average", tiny_zoo)
