@@ -259,12 +259,14 @@ class MergeResult:
 def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
           stats: list[dict] | None = None, weights: Coefficients = None, filter: ParamFilter | None = None,
           names: list[str] | None = None, labels: list[str] | None = None, report: bool = False,
-          **options) -> StateDict | MergeResult:
+          sink: Callable[[str, torch.Tensor], None] | None = None, **options) -> StateDict | MergeResult:
     """Merge ``experts`` tensor by tensor with a registered method.
 
     Tensors that ``filter`` excludes are copied from ``base`` (or averaged when there is no base); integer
     buffers (e.g. position ids) are copied from the first expert. ``report=True`` returns a
     :class:`MergeResult` with the resolved options and any numerical notes (e.g. a ridge fallback).
+    ``sink(name, tensor)``, if given, receives each merged tensor instead of the returned dict (streaming).
+    Experts may be :class:`~fusionkit.weights.LazyState` views: each tensor is read when it is merged.
     """
     m = get_method(method)
     opts = resolve_options(m, options)
@@ -288,7 +290,7 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
         for t, label in zip(tensors, labels):
             check_finite(name, t, label)
         if not tensors[0].is_floating_point():
-            out[name] = tensors[0].clone()
+            _emit(out, sink, name, tensors[0].clone())
             continue
         b = base[name] if base is not None else None
         w = coefficients_for(name, weights, len(experts))
@@ -298,8 +300,30 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
             ctx = {"name": name, "notes": notes,
                    "stats": None if stats is None else _stats_for(name, stats, m.stats)}
             merged = m.fn(tensors, b, w, ctx, **opts)
-        out[name] = merged.to(tensors[0].dtype)
+        _emit(out, sink, name, merged.to(tensors[0].dtype))
     return MergeResult(out, method, opts, notes) if report else out
+
+
+def _emit(out: dict, sink, name: str, tensor: torch.Tensor) -> None:
+    if sink is None:
+        out[name] = tensor
+    else:
+        sink(name, tensor)
+
+
+def merge_files(method: str, experts: list[str], out: str, base: str | None = None, stats: list[dict] | None = None,
+                **options) -> MergeResult:
+    """Merge safetensors files into a safetensors file, streaming: each tensor is read from every input,
+    merged and written before the next is read, so memory stays near one tensor per input."""
+    from .weights import LazyState, SafetensorsWriter
+
+    states = [LazyState(p) for p in experts]
+    base_state = LazyState(base) if base is not None else None
+    ref = states[0]
+    layout = {n: (ref.dtype_name(n), ref.shape(n)) for n in ref}
+    with SafetensorsWriter(out, layout, metadata={"format": "pt", "merge_method": method}) as writer:
+        return merge(method, states, base=base_state, stats=stats, report=True, sink=writer.write,
+                     labels=[str(p) for p in experts], **options)
 
 
 def _stats_for(name: str, stats: list[dict], kind: str | None):

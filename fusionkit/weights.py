@@ -7,7 +7,13 @@ a live model's ``state_dict()`` and to tensors read lazily from safetensors file
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -51,9 +57,9 @@ def check_compatible(states: list[StateDict], names: list[str] | None = None, la
             if name not in state:
                 raise ValueError(f"{label} has no parameter {name!r} (it has {len(state)} others); "
                                  "fix: merge models of the same architecture")
-            if state[name].shape != ref[name].shape:
-                raise ValueError(f"parameter {name!r} has shape {tuple(state[name].shape)} in {label} but "
-                                 f"{tuple(ref[name].shape)} in {labels[0]}; fix: merge models of the same architecture")
+            if shape_of(state, name) != shape_of(ref, name):
+                raise ValueError(f"parameter {name!r} has shape {shape_of(state, name)} in {label} but "
+                                 f"{shape_of(ref, name)} in {labels[0]}; fix: merge models of the same architecture")
 
 
 def check_finite(name: str, tensor: torch.Tensor, label: str = "input") -> None:
@@ -76,3 +82,104 @@ def unflatten(vector: torch.Tensor, like: StateDict, names: list[str]) -> StateD
     if offset != vector.numel():
         raise ValueError(f"vector has {vector.numel()} entries but the parameters need {offset}")
     return out
+
+
+# ------------------------------------------------------------------------------------------ lazy safetensors I/O
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
+class LazyState(Mapping):
+    """A read-only ``{name: tensor}`` view of a safetensors file that reads a tensor only when asked.
+
+    Merging through these keeps one tensor per input in memory at a time instead of N whole models.
+    ``shape(name)`` and ``dtype(name)`` come from the header without reading data.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        from safetensors import safe_open
+
+        self.path = str(path)
+        self._file = safe_open(self.path, framework="pt")
+        self._names = list(self._file.keys())
+        self._slices = {n: self._file.get_slice(n) for n in self._names}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        if name not in self._slices:
+            raise KeyError(name)
+        return self._file.get_tensor(name)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._slices[name].get_shape())
+
+    def dtype_name(self, name: str) -> str:
+        return self._slices[name].get_dtype()
+
+    def metadata(self) -> dict:
+        return self._file.metadata() or {}
+
+
+def shape_of(state, name: str) -> tuple[int, ...]:
+    return state.shape(name) if isinstance(state, LazyState) else tuple(state[name].shape)
+
+
+class SafetensorsWriter:
+    """Write a safetensors file one tensor at a time: the header (names, dtypes, shapes, offsets) is known up
+    front, so each tensor's bytes go to disk as soon as it is computed and nothing accumulates in memory.
+
+    The file is written under a temporary name and renamed into place on a clean exit (atomic).
+    """
+
+    def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[str, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.layout = layout
+        header, offset = {}, 0
+        for name, (dtype, shape) in layout.items():
+            size = math.prod(shape) * _ITEMSIZE[dtype]
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned, as safetensors does
+        self._header = blob
+        self._order = list(layout)
+        self._next = 0
+
+    def __enter__(self) -> "SafetensorsWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._f = open(self._tmp, "wb")
+        self._f.write(struct.pack("<Q", len(self._header)))
+        self._f.write(self._header)
+        return self
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected = self._order[self._next] if self._next < len(self._order) else None
+        if name != expected:
+            raise ValueError(f"tensors must be written in layout order: expected {expected!r}, got {name!r}")
+        dtype, shape = self.layout[name]
+        if _DTYPES[tensor.dtype] != dtype or tuple(tensor.shape) != tuple(shape):
+            raise ValueError(f"{name}: got {_DTYPES[tensor.dtype]}{tuple(tensor.shape)}, layout says {dtype}{shape}")
+        self._f.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._next += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._f.close()
+        if exc_type is None and self._next == len(self._order):
+            os.replace(self._tmp, self.path)
+            return
+        os.unlink(self._tmp)  # interrupted or incomplete: leave nothing that looks like a finished file
+        if exc_type is None:
+            raise ValueError(f"only {self._next} of {len(self._order)} tensors were written")
+
+
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

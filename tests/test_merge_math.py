@@ -197,3 +197,38 @@ def test_bad_input_is_named():
     nan = dict(experts[1], **{"lin.bias": torch.tensor([float("nan")] * 4)})
     with pytest.raises(ValueError, match="NaN or Inf .*'lin.bias'"):
         merge("average", [experts[0], nan])
+
+
+def test_streamed_file_merge_equals_in_memory(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from fusionkit.merge import merge_files
+
+    experts = [rand_state(i) for i in range(3)]
+    base = rand_state(99)
+    paths = []
+    for i, e in enumerate(experts):
+        save_file(e, str(tmp_path / f"e{i}.safetensors"))
+        paths.append(str(tmp_path / f"e{i}.safetensors"))
+    save_file(base, str(tmp_path / "base.safetensors"))
+    res = merge_files("ties", paths, str(tmp_path / "out.safetensors"), base=str(tmp_path / "base.safetensors"),
+                      density=0.5)
+    assert res.state == {}  # nothing accumulated in memory
+    streamed = load_file(str(tmp_path / "out.safetensors"))
+    in_memory = merge("ties", experts, base=base, density=0.5)
+    assert streamed.keys() == in_memory.keys()
+    for k in in_memory:
+        assert torch.equal(streamed[k], in_memory[k])
+
+
+def test_writer_refuses_out_of_order_and_leaves_nothing_half_written(tmp_path):
+    from fusionkit.weights import SafetensorsWriter
+
+    layout = {"a": ("F32", (2,)), "b": ("F32", (3,))}
+    with pytest.raises(ValueError, match="layout order"):
+        with SafetensorsWriter(tmp_path / "x.safetensors", layout) as w:
+            w.write("b", torch.zeros(3))
+    with pytest.raises(ValueError, match="only 1 of 2"):
+        with SafetensorsWriter(tmp_path / "x.safetensors", layout) as w:
+            w.write("a", torch.zeros(2))
+    assert list(tmp_path.iterdir()) == []
