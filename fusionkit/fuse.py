@@ -20,7 +20,6 @@ from .evaluate import Evaluator, split_head
 from .experts import Expert
 from .measure import expert_stats
 from .merge import MergeError, get_method, merge
-from .runtime import seed_everything
 from .weights import ParamFilter, StateDict
 from .zoo import Zoo
 
@@ -53,8 +52,9 @@ def base_state(base: str, labels: list[str], seed: int) -> StateDict:
     """θ₀ as the experts saw it: the pretrained body and the seeded head initialisation."""
     from .assets import load_base
 
-    seed_everything(seed)
-    model, _ = load_base(base, labels=labels)
+    with torch.random.fork_rng():  # reproduce the experts' head initialisation without touching the caller's RNG
+        torch.manual_seed(seed)  # finetune seeds the same way before creating the head
+        model, _ = load_base(base, labels=labels)
     return model.state_dict()
 
 
@@ -105,8 +105,9 @@ def merge_experts(method: str, experts: list[Expert], train_tasks: dict | None =
 def merge_zoo(method: str, zoo: Zoo, experts: list[str] | None = None, **options) -> Merged:
     """:func:`merge_experts` on a zoo (all its experts, or those named), with the zoo's profile settings."""
     chosen = [zoo.expert(n) for n in experts] if experts else zoo.experts
+    options.setdefault("stats_examples", zoo.profile.stats_examples)
     return merge_experts(method, chosen, zoo.train_tasks, base=zoo.base, max_length=zoo.profile.max_length,
-                         stats_examples=zoo.profile.stats_examples, **options)
+                         **options)
 
 
 # ------------------------------------------------------------------------------------------------ scores
@@ -163,3 +164,26 @@ def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evalua
         "notes": merged.notes, "merge_seconds": round(merged.seconds, 2),
     }
     return merged, report
+
+
+def sweep(zoo: Zoo, method: str, param: str, values, evaluator: Evaluator, split: str = "validation",
+          experts: list[str] | None = None, **options) -> list[dict]:
+    """Merge once per value of one option and score every task: ``[{param: v, "scores": {task: s}, "mean": m}]``."""
+    rows = []
+    for v in values:
+        merged = merge_zoo(method, zoo, experts, **{**options, param: v})
+        scores = {t: s[split] for t, s in score_merged(merged, zoo, evaluator, splits=(split,)).items()}
+        rows.append({param: v, "scores": scores, "mean": round(sum(scores.values()) / len(scores), 4)})
+    return rows
+
+
+def compare(zoo: Zoo, specs: dict[str, tuple[str, dict]], evaluator: Evaluator, splits=SPLITS,
+            experts: list[str] | None = None) -> dict[str, dict]:
+    """Several merges side by side: ``specs[label] = (method, options)`` -> ``{label: {task: {split: s}}}``."""
+    return {label: score_merged(merge_zoo(method, zoo, experts, **opts), zoo, evaluator, splits)
+            for label, (method, opts) in specs.items()}
+
+
+def mean_score(scores: dict, split: str = "test") -> float:
+    """Mean over tasks of ``{task: {split: s}}``."""
+    return round(sum(s[split] for s in scores.values()) / len(scores), 4)

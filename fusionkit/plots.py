@@ -34,3 +34,45 @@ def label_balance(task, split: str = "train") -> go.Figure:
     fig.update_layout(title=f"{task.name}: labels in {split} ({sum(counts.values())} examples)",
                       xaxis_title="label", yaxis_title="examples", height=320)
     return fig
+
+
+def method_bars(results: dict[str, dict[str, float]], chance: dict[str, float] | None = None,
+                title: str = "test accuracy per task") -> go.Figure:
+    """Grouped bars: ``results[label][task] = score`` (methods, experts, the ensemble), chance as markers."""
+    fig = go.Figure()
+    for label, scores in results.items():
+        tasks = list(scores)
+        fig.add_bar(name=label, x=tasks, y=[scores[t] for t in tasks])
+    if chance:
+        fig.add_scatter(name="chance", x=list(chance), y=list(chance.values()), mode="markers",
+                        marker=dict(symbol="line-ew-open", size=28, color="black", line=dict(width=2)))
+    fig.update_layout(barmode="group", title=title, yaxis_title="accuracy", yaxis_range=[0, 1], height=380)
+    return fig
+
+
+def sweep_curve(rows: list[dict], param: str, title: str | None = None, per_task: bool = True) -> go.Figure:
+    """Score against one option's value: the mean over tasks (thick) and each task (thin)."""
+    xs = [r[param] for r in rows]
+    fig = go.Figure()
+    if per_task:
+        for t in rows[0]["scores"]:
+            fig.add_scatter(x=xs, y=[r["scores"][t] for r in rows], name=t, mode="lines+markers", line=dict(width=1))
+    fig.add_scatter(x=xs, y=[r["mean"] for r in rows], name="mean", mode="lines+markers", line=dict(width=4))
+    fig.update_layout(title=title or f"validation accuracy against {param}", xaxis_title=param,
+                      yaxis_title="accuracy", height=360)
+    return fig
+
+
+def matrix_heatmap(z, labels_x, labels_y, title: str, colorscale: str = "Viridis", zmid=None, fmt: str = ".2f") -> go.Figure:
+    """A labelled heat-map with values written in the cells."""
+    z = [[float(v) for v in row] for row in z]
+    fig = go.Figure(go.Heatmap(z=z, x=labels_x, y=labels_y, colorscale=colorscale, zmid=zmid,
+                               text=[[format(v, fmt) for v in row] for row in z], texttemplate="%{text}"))
+    fig.update_layout(title=title, yaxis_autorange="reversed", height=120 + 40 * len(labels_y))
+    return fig
+
+
+def conflict_bars(conflicts: dict[str, float], title: str = "sign conflicts among trimmed task vectors") -> go.Figure:
+    fig = go.Figure(go.Bar(x=list(conflicts), y=list(conflicts.values())))
+    fig.update_layout(title=title, yaxis_title="fraction of shared entries with opposite signs", height=340)
+    return fig

@@ -59,3 +59,34 @@ def task_explorer(tasks: dict) -> Explorer:
     update()
     box = W.VBox([W.HBox([task_menu, split_menu]), fig, examples, errors])
     return Explorer(box, {"task": task_menu, "split": split_menu}, fig, errors)
+
+
+def merge_explorer(zoo, method: str, evaluator, sliders: dict, split: str = "validation", **fixed) -> Explorer:
+    """Sliders for a merge method's options -> live per-task accuracy bars of the merged model.
+
+    ``sliders`` maps option name -> (min, max, step, value). Each change merges and scores the zoo's tasks,
+    so the sliders use ``continuous_update=False``.
+    """
+    from .fuse import merge_zoo, score_merged
+
+    controls = {k: W.FloatSlider(min=lo, max=hi, step=st, value=v, description=k, continuous_update=False)
+                for k, (lo, hi, st, v) in sliders.items()}
+    errors = W.Output()
+    tasks = list(zoo.tasks)
+    fig = go.FigureWidget(plots.method_bars({method: {t: 0.0 for t in tasks}},
+                                            {t: round(task.chance(split), 3) for t, task in zoo.tasks.items()},
+                                            title=f"{method}: {split} accuracy per task"))
+    status = W.HTML()
+
+    def update(_=None):
+        with errors:
+            opts = {**fixed, **{k: c.value for k, c in controls.items()}}
+            scores = score_merged(merge_zoo(method, zoo, **opts), zoo, evaluator, splits=(split,))
+            with fig.batch_update():
+                fig.data[0].y = [scores[t][split] for t in tasks]
+            status.value = f"{method} {opts}: mean {sum(s[split] for s in scores.values()) / len(scores):.3f}"
+
+    for c in controls.values():
+        c.observe(update, names="value")
+    update()
+    return Explorer(W.VBox([W.HBox(list(controls.values())), status, fig, errors]), controls, fig, errors)

@@ -121,6 +121,14 @@ def label_skewed_partitions(labels, k: int, skew: float = 0.8, seed: int = 0) ->
     return [np.flatnonzero(part == i) for i in range(k)]
 
 
+def home_classes(task: Task, i: int, k: int, split: str = "test") -> Task:
+    """The part of a task whose labels are partition ``i``'s own (label mod k == i): its in-domain test set."""
+    import datasets
+
+    part = task.data[split].filter(lambda row: row["label"] % k == i)
+    return Task(f"{task.name}-home{i}", datasets.DatasetDict({**task.data, split: part}), task.metric)
+
+
 def _partitions(profile: Profile, seed: int, quiet: bool, k: int = 4) -> Zoo:
     pool = load_task("topic").subsample(
         {"train": None if profile.train_examples is None else k * profile.train_examples,

@@ -42,3 +42,32 @@ def test_zoo_multitask_smoke_json_every_expert_above_chance():
         assert set(own) == {"validation", "test"}
         assert own["test"] > chance + 0.1, (e["name"], own, chance)
         assert set(e["scores"]) == set(data["tasks"])  # the whole expert x task matrix
+
+
+@pytest.mark.assets
+def test_merge_cli_json_and_saved_folder_scores_the_same(tmp_path):
+    """`fusionkit merge ties --json --out DIR` on the real smoke zoo; the folder reloads in plain transformers."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fusionkit.evaluate import Evaluator
+    from fusionkit.zoo import build_zoo
+
+    out = tmp_path / "merged"
+    proc = subprocess.run([sys.executable, "-m", "fusionkit", "merge", "ties", "--zoo", "multitask", "--profile",
+                           "smoke", "--density", "0.2", "--json", "--out", str(out)],
+                          capture_output=True, text=True, check=True)
+    data = json.loads(proc.stdout)
+    assert data["method"] == "ties" and data["options"]["density"] == 0.2
+    tasks = {"sentiment", "subjectivity", "topic", "reuters", "author"}
+    assert set(data["results"]) == tasks and set(data["ensemble"]) == tasks and len(data["experts"]) == 5
+    assert all(set(s) == {"validation", "test"} and 0 <= s["test"] <= 1 for s in data["results"].values())
+    assert (out / "mergekit.yml").read_text().startswith("merge_method: ties")
+    zoo = build_zoo("multitask", "smoke", quiet=True)
+    model = AutoModelForSequenceClassification.from_pretrained(out / "author")
+    ev = Evaluator(model, AutoTokenizer.from_pretrained(out / "author"), max_length=zoo.profile.max_length)
+    assert round(ev.score(zoo.tasks["author"], "test"), 4) == data["results"]["author"]["test"]
+
+
+def test_merge_cli_rejects_options_the_method_lacks(capsys):
+    assert main(["merge", "average", "--density", "0.3"]) == 2
+    assert "average has no option(s) ['density']" in capsys.readouterr().err

@@ -124,3 +124,23 @@ def test_experts_of_different_bases_are_refused(tiny_zoo):
     other.recipe = {**other.recipe, "base": "minilm"}
     with pytest.raises(MergeError, match="different bases"):
         merge_zoo("average", tiny_zoo)
+
+
+def test_merge_explorer_slider_changes_the_bars(tiny_zoo):
+    from fusionkit.widgets import merge_explorer
+
+    ev = evaluator(tiny_zoo)
+    ex = merge_explorer(tiny_zoo, "task_arithmetic", ev, {"lam": (0.0, 2.0, 0.1, 0.0)})
+    assert "'lam': 0.0" in ex.box.children[1].value
+    ex.controls["lam"].value = 1.0
+    assert ex.errors.outputs == ()
+    assert "'lam': 1.0" in ex.box.children[1].value  # the callback ran with the new value
+    expected = score_merged(merge_zoo("task_arithmetic", tiny_zoo, lam=1.0), tiny_zoo, ev, splits=("validation",))
+    assert list(ex.figure.data[0].y) == [expected[t]["validation"] for t in tiny_zoo.tasks]
+
+
+def test_sweep_rows(tiny_zoo):
+    from fusionkit.fuse import sweep
+
+    rows = sweep(tiny_zoo, "task_arithmetic", "lam", [0.0, 1.0], evaluator(tiny_zoo))
+    assert [r["lam"] for r in rows] == [0.0, 1.0] and set(rows[0]["scores"]) == {"two", "three"}

@@ -232,3 +232,15 @@ def test_writer_refuses_out_of_order_and_leaves_nothing_half_written(tmp_path):
         with SafetensorsWriter(tmp_path / "x.safetensors", layout) as w:
             w.write("a", torch.zeros(2))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_regmean_minimises_its_regression_loss():
+    from fusionkit.merge import regression_loss
+
+    experts, _, stats = inputs("regmean")
+    ws = [e["lin.weight"] for e in experts]
+    gs = [s["lin"] for s in stats]
+    reg = merge("regmean", experts, stats=stats)["lin.weight"]
+    avg = merge("average", experts)["lin.weight"]
+    assert regression_loss(reg, ws, gs) < regression_loss(avg, ws, gs)
+    assert regression_loss(reg, ws, gs) <= regression_loss(reg + 1e-3 * torch.randn_like(reg), ws, gs)

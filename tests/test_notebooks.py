@@ -19,3 +19,30 @@ def test_00_start_here(tmp_path):
     assert 0.6 < rec["mean_own_test"] <= 1.0
     assert rec["min_gain_over_chance"] > 0.1
     assert (tmp_path / "00_start_here.html").stat().st_size > 10_000
+
+
+@pytest.mark.notebook
+def test_03_task_vectors(tmp_path):
+    nb = next(p for p in notebooks() if p.name.startswith("03_"))
+    row = run_notebook(nb, tmp_path, {"profile": "smoke"}, timeout=1800)
+    assert row["status"] == "ok", row["error"]
+    rec = row["record"]
+    assert set(rec["mean_test"]) >= {"average", "ensemble (5 forward passes)", "each expert on its own task"}
+    for value in rec["mean_test"].values():
+        assert 0.1 < value <= 1.0
+    assert rec["mean_test"]["each expert on its own task"] > rec["average_mean"]  # merging costs something
+    assert 0.0 < rec["conflict_rate"] < 1.0
+    assert rec["best_lam_ta"] in (0.2, 0.4, 0.7, 1.0)
+
+
+@pytest.mark.notebook
+def test_04_regmean(tmp_path):
+    nb = next(p for p in notebooks() if p.name.startswith("04_"))
+    row = run_notebook(nb, tmp_path, {"profile": "smoke"}, timeout=1800)
+    assert row["status"] == "ok", row["error"]
+    rec = row["record"]
+    assert rec["layer_loss_ratio"] <= 1.0  # RegMean minimises its own per-layer regression loss
+    for key in ("regmean_mean", "average_mean", "fisher_mean", "ensemble_mean"):
+        assert 0.1 < rec[key] <= 1.0, key
+    assert set(rec["alpha_sweep"]) == {"0.0", "0.5", "0.9", "1.0"}
+    assert len(rec["partitions"]) >= 4 and all(0.0 < v <= 1.0 for v in rec["partitions"].values())
