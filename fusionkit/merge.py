@@ -293,6 +293,7 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
     check_compatible(experts + ([base] if base is not None else []), names, labels + ["base"] * (base is not None))
     filter = filter or ParamFilter()
     notes: list[str] = []
+    averaged: list[str] = []  # tensors a statistics-based method had no statistics for
     out = {}
     for name in names:
         tensors = [e[name] for e in experts]
@@ -308,8 +309,13 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
         else:
             ctx = {"name": name, "notes": notes,
                    "stats": None if stats is None else _stats_for(name, stats, m.stats)}
+            if m.stats and ctx["stats"] is None:
+                averaged.append(name)
             merged = m.fn(tensors, b, w, ctx, **opts)
         _emit(out, sink, name, merged.to(tensors[0].dtype))
+    if averaged:
+        notes.append(f"{len(averaged)} tensors had no {m.stats} statistics and were simply averaged "
+                     f"(e.g. {averaged[0]!r})")
     return MergeResult(out, method, opts, notes) if report else out
 
 
