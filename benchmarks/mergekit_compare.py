@@ -38,6 +38,8 @@ METHODS = {  # fusionkit method, its options, the equivalent mergekit config pie
 def measured(cmd: list[str]) -> tuple[float, float]:
     """(seconds, peak RSS in MB) of a command run in a fresh child process."""
     out = subprocess.run([sys.executable, "-c", RUNNER, *cmd], capture_output=True, text=True)
+    if len(out.stdout.split()) != 3:
+        raise RuntimeError(f"{cmd[:3]} could not run: {out.stderr[-2000:]}")
     seconds, kb, rc = out.stdout.split()
     if rc != "0":
         raise RuntimeError(f"{cmd[:3]} failed: {out.stderr}")
@@ -71,6 +73,15 @@ def fusionkit_cmd(method: str, experts: list[Path], base: Path, out: Path) -> li
     return [sys.executable, "-c", code, json.dumps(args)]
 
 
+def in_memory_cmd(method: str, experts: list[Path], base: Path, out: Path) -> list[str]:
+    """The same merge with every input loaded whole first (what streaming avoids)."""
+    cmd = fusionkit_cmd(method, experts, base, out)
+    cmd[2] = ("import sys, json; from safetensors.torch import load_file, save_file; from fusionkit.merge import merge; "
+              "a = json.loads(sys.argv[1]); e = [load_file(p) for p in a['e']]; "
+              "b = load_file(a['b']) if a['b'] else None; save_file(merge(a['m'], e, base=b, **a['opts']), a['o'])")
+    return cmd
+
+
 def load_output(folder: Path) -> dict:
     state = {}
     for f in sorted(folder.glob("*.safetensors")):
@@ -100,9 +111,10 @@ def main(root: Path) -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 tmp = Path(tmp)
                 (tmp / "config.yml").write_text(mergekit_yaml(method, experts, base))
-                mk_s, mk_mb = measured(["mergekit-yaml", str(tmp / "config.yml"), str(tmp / "mk"),
+                mk_s, mk_mb = measured([str(Path(sys.executable).parent / "mergekit-yaml"), str(tmp / "config.yml"), str(tmp / "mk"),
                                         "--lazy-unpickle"])
                 fk_s, fk_mb = measured(fusionkit_cmd(method, experts, base, tmp / "fk.safetensors"))
+                _, whole_mb = measured(in_memory_cmd(method, experts, base, tmp / "whole.safetensors"))
                 mk, fk = load_output(tmp / "mk"), load_file(str(tmp / "fk.safetensors"))
                 shared = sorted(set(mk) & set(fk))
                 diff = max(float((mk[k].float() - fk[k].float()).abs().max()) for k in shared)
@@ -114,6 +126,7 @@ def main(root: Path) -> None:
                              "max |w|": round(scale, 2), "fusionkit s": round(fk_s, 2), "mergekit s": round(mk_s, 2),
                              "time ratio fk/mk": round(fk_s / mk_s, 2), "fusionkit MB": round(fk_mb),
                              "mergekit MB": round(mk_mb), "memory ratio fk/mk": round(fk_mb / mk_mb, 2),
+                             "fusionkit all-in-memory MB": round(whole_mb),
                              "GB read": round(read / 1e9, 3), "copy-bound s": round(read / 1e9 / gbps, 3)})
                 print(rows[-1], flush=True)
     header = list(rows[0])

@@ -105,19 +105,26 @@ def _bcast(w: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------------------------------ methods
+def _weighted_sum(tensors, w) -> torch.Tensor:
+    # One expert at a time in float64: memory stays at one extra tensor however many experts there are.
+    out = torch.zeros(tensors[0].shape, dtype=torch.float64)
+    for wi, t in zip(w.tolist(), tensors):
+        out.add_(t.double(), alpha=wi)
+    return out
+
+
 @register("average", "weighted average / uniform soup: Σ wᵢθᵢ / Σ wᵢ",
           normalize=Option(True, "divide by Σ wᵢ (False: plain weighted sum)"))
 def _average(tensors, base, w, ctx, normalize=True):
-    x = torch.stack(tensors).double()
-    out = (_bcast(w, x[0]) * x).sum(0)
+    out = _weighted_sum(tensors, w)
     return out / w.sum() if normalize else out
 
 
 @register("task_arithmetic", "θ₀ + λ Σ wᵢτᵢ", needs_base=True,
           lam=Option(0.4, "scaling λ of the summed task vectors"))
 def _task_arithmetic(tensors, base, w, ctx, lam=0.4):
-    tau = torch.stack(tensors).double() - base.double()
-    return base.double() + lam * (_bcast(w, tau[0]) * tau).sum(0)
+    b = base.double()
+    return b + lam * (_weighted_sum(tensors, w) - w.sum() * b)  # θ₀ + λ Σ wᵢ(θᵢ − θ₀)
 
 
 def trim(tau: torch.Tensor, density: float) -> torch.Tensor:

@@ -93,37 +93,47 @@ _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", t
 class LazyState(Mapping):
     """A read-only ``{name: tensor}`` view of a safetensors file that reads a tensor only when asked.
 
-    Merging through these keeps one tensor per input in memory at a time instead of N whole models.
-    ``shape(name)`` and ``dtype(name)`` come from the header without reading data.
+    Each access is one positioned read of that tensor's bytes (no memory map, so file pages stay in the OS
+    page cache instead of the process's resident memory). Merging through these keeps one tensor per input
+    in memory at a time instead of N whole models. ``shape(name)`` and ``dtype_name(name)`` come from the header.
     """
 
     def __init__(self, path: str | os.PathLike):
-        from safetensors import safe_open
-
         self.path = str(path)
-        self._file = safe_open(self.path, framework="pt")
-        self._names = list(self._file.keys())
-        self._slices = {n: self._file.get_slice(n) for n in self._names}
+        with open(self.path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        self._metadata = header.pop("__metadata__", {}) or {}
+        self._header = header
+        self._start = 8 + n
 
     def __getitem__(self, name: str) -> torch.Tensor:
-        if name not in self._slices:
-            raise KeyError(name)
-        return self._file.get_tensor(name)
+        info = self._header[name]
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        dtype = _FROM_NAME[info["dtype"]]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        buf = bytearray(end - begin)
+        with open(self.path, "rb") as f:
+            f.seek(self._start + begin)
+            f.readinto(buf)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
 
     def __iter__(self):
-        return iter(self._names)
+        return iter(sorted(self._header, key=lambda n: self._header[n]["data_offsets"][0]))
 
     def __len__(self) -> int:
-        return len(self._names)
+        return len(self._header)
 
     def shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self._slices[name].get_shape())
+        return tuple(self._header[name]["shape"])
 
     def dtype_name(self, name: str) -> str:
-        return self._slices[name].get_dtype()
+        return self._header[name]["dtype"]
 
     def metadata(self) -> dict:
-        return self._file.metadata() or {}
+        return dict(self._metadata)
 
 
 def shape_of(state, name: str) -> tuple[int, ...]:
@@ -182,6 +192,7 @@ class SafetensorsWriter:
             raise ValueError(f"only {self._next} of {len(self._order)} tensors were written")
 
 
+_FROM_NAME = {v: k for k, v in _DTYPES.items()}
 _ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
 
 

@@ -244,3 +244,17 @@ def test_regmean_minimises_its_regression_loss():
     avg = merge("average", experts)["lin.weight"]
     assert regression_loss(reg, ws, gs) < regression_loss(avg, ws, gs)
     assert regression_loss(reg, ws, gs) <= regression_loss(reg + 1e-3 * torch.randn_like(reg), ws, gs)
+
+
+def test_lazy_state_reads_what_safetensors_wrote(tmp_path):
+    from safetensors.torch import save_file
+
+    from fusionkit.weights import LazyState
+
+    tensors = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).to(torch.bfloat16),
+               "d": torch.tensor(1.5), "e": torch.zeros(0, 3)}
+    save_file(tensors, str(tmp_path / "x.safetensors"), metadata={"k": "v"})
+    lazy = LazyState(tmp_path / "x.safetensors")
+    assert set(lazy) == set(tensors) and lazy.metadata() == {"k": "v"} and lazy.shape("a") == (3, 4)
+    for k, v in tensors.items():
+        assert torch.equal(lazy[k], v) and lazy[k].dtype == v.dtype
