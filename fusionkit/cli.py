@@ -69,13 +69,20 @@ def _merge(args) -> int:
             print(f"{r['method']:<16} {r['summary']}" + (f"  [needs {needs}]" if needs else ""))
             for k, o in r["options"].items():
                 print(f"{'':<18}--{k} (default {o['default']!r}): {o['help']}")
+        print(f"{'greedy_soup':<16} greedy soup: add experts best-first while the uniform average's mean validation "
+              "score rises (evaluates on dev data)")
         return 0
     from .export import save_merged
     from .fuse import merge_report
     from .weights import ParamFilter
     from .zoo import build_zoo
 
-    method = get_method(args.method)
+    if args.method == "greedy_soup":  # not a per-tensor method: it evaluates on dev data, takes no options
+        from .merge import Method
+
+        method = Method("greedy_soup", None, "greedy soup")
+    else:
+        method = get_method(args.method)
     # --seed is global: it seeds the zoo, the base head, the statistics and (DARE) the drop masks.
     given = {k: getattr(args, k) for k in _method_options() if k != "seed" and getattr(args, k) is not None}
     wrong = sorted(set(given) - set(method.options))

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .cache import sha256_file
 from .evaluate import Evaluator, split_head
 from .experts import Expert
 from .measure import expert_stats
@@ -64,6 +65,14 @@ def check_experts(experts: list[Expert]) -> None:
     bases = {e.recipe["base"] for e in experts}
     if len(bases) > 1:
         raise MergeError(f"experts come from different bases {sorted(bases)}; fix: merge experts of one base")
+    tokenizers = {}
+    for e in experts:
+        path = e.path / "tokenizer.json"
+        tokenizers.setdefault(sha256_file(path) if path.exists() else None, e.name)
+    if len(tokenizers) > 1:
+        a, b = list(tokenizers.values())[:2]
+        raise MergeError(f"experts {a!r} and {b!r} use different tokenizers, so their embeddings mean different "
+                         "things; fix: merge experts fine-tuned from one base with its tokenizer")
 
 
 def merge_experts(method: str, experts: list[Expert], train_tasks: dict | None = None, base: str = "minilm",
@@ -128,21 +137,38 @@ def ensemble_scores(zoo: Zoo, evaluator: Evaluator, experts: list[Expert] | None
             for t, task in zoo.tasks.items()}
 
 
-def greedy_soup(experts: list[Expert], score_fn, order_scores: list[float]) -> tuple[list[Expert], float]:
-    """Greedy soup (Wortsman et al. 2022): visit experts best-first, keep each that raises the dev score of
-    the running uniform average. ``score_fn(list_of_experts) -> dev score``."""
-    order = sorted(range(len(experts)), key=lambda i: -order_scores[i])
-    soup = [experts[order[0]]]
-    best = score_fn(soup)
-    for i in order[1:]:
-        trial = score_fn(soup + [experts[i]])
-        if trial > best:
-            soup, best = soup + [experts[i]], trial
-    return soup, best
+def greedy_soup(zoo: Zoo, evaluator: Evaluator, experts: list[str] | None = None) -> tuple[Merged, list[dict]]:
+    """Greedy soup (Wortsman et al. 2022): visit experts best-first by mean validation score, and keep each one
+    whose addition to the running uniform average raises the soup's mean validation score. Dev data only.
 
+    Returns the final soup and the trace ``[{"expert", "dev", "kept"}]``.
+    """
+    pool = [zoo.expert(n) for n in experts] if experts else list(zoo.experts)
+    matrix = zoo.matrix(evaluator)
+    order = sorted(pool, key=lambda e: -sum(s["validation"] for s in matrix[e.name].values()) / len(matrix[e.name]))
+    heads = zoo.heads()
 
-def average_states(states: list[StateDict]) -> StateDict:
-    return {k: torch.stack([s[k].float() for s in states]).mean(0) for k in states[0]}
+    def soup_of(members: list[Expert]) -> tuple[float, Merged]:
+        if len(members) == 1:
+            body, own = members[0].body_and_head()
+            m = Merged("average", {}, body, {members[0].task: own}, shared_label_space(pool), members)
+        else:
+            m = merge_zoo("average", zoo, [e.name for e in members])
+        if not m.heads_merged:
+            m.heads = {**heads, **m.heads}  # tasks with no expert in the soup keep their own head
+        return mean_score(score_merged(m, zoo, evaluator, splits=("validation",)), "validation"), m
+
+    soup = [order[0]]
+    best, merged = soup_of(soup)
+    trace = [{"expert": order[0].name, "dev": best, "kept": True}]
+    for e in order[1:]:
+        score, candidate = soup_of(soup + [e])
+        kept = score > best
+        trace.append({"expert": e.name, "dev": score, "kept": kept})
+        if kept:
+            soup, best, merged = soup + [e], score, candidate
+    merged.method, merged.options = "greedy_soup", {"soup": [e.name for e in soup]}
+    return merged, trace
 
 
 def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evaluator: Evaluator | None = None,
@@ -151,8 +177,15 @@ def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evalua
 
     Returns the merged model and ``{"method", "options", "results", "ensemble", "experts", "notes", ...}``.
     """
-    merged = merge_zoo(method, zoo, experts, **options)
     ev = evaluator or zoo.evaluator()
+    trace = None
+    if method == "greedy_soup":
+        options.pop("seed", None)  # deterministic: nothing random to seed
+        if options:
+            raise MergeError(f"greedy_soup takes no options, got {sorted(options)}")
+        merged, trace = greedy_soup(zoo, ev, experts)
+    else:
+        merged = merge_zoo(method, zoo, experts, **options)
     matrix = zoo.matrix(ev)
     report = {
         "method": method, "zoo": zoo.name, "profile": zoo.profile.name, "options": merged.options,
@@ -163,6 +196,8 @@ def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evalua
         "chance": {t: round(task.chance("test"), 4) for t, task in zoo.tasks.items()},
         "notes": merged.notes, "merge_seconds": round(merged.seconds, 2),
     }
+    if trace is not None:
+        report["soup_trace"] = trace
     return merged, report
 
 

@@ -144,3 +144,24 @@ def test_sweep_rows(tiny_zoo):
 
     rows = sweep(tiny_zoo, "task_arithmetic", "lam", [0.0, 1.0], evaluator(tiny_zoo))
     assert [r["lam"] for r in rows] == [0.0, 1.0] and set(rows[0]["scores"]) == {"two", "three"}
+
+
+def test_greedy_soup_only_keeps_experts_that_help_on_dev(shared_zoo):
+    from fusionkit.fuse import greedy_soup
+
+    ev = evaluator(shared_zoo)
+    merged, trace = greedy_soup(shared_zoo, ev)
+    assert trace[0]["kept"] and len(trace) == 2
+    devs = [t["dev"] for t in trace]
+    if trace[1]["kept"]:
+        assert devs[1] > devs[0] and merged.options["soup"] == [t["expert"] for t in trace]
+    else:
+        assert merged.options["soup"] == [trace[0]["expert"]]
+    final = score_merged(merged, shared_zoo, ev, splits=("validation",))["two"]["validation"]
+    assert final == max(t["dev"] for t in trace if t["kept"])  # best-so-far never gets worse
+
+
+def test_experts_with_different_tokenizers_are_refused(tiny_zoo):
+    (tiny_zoo.experts[1].path / "tokenizer.json").write_text('{"changed": true}')
+    with pytest.raises(MergeError, match="different tokenizers"):
+        merge_zoo("average", tiny_zoo)
