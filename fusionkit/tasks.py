@@ -117,18 +117,30 @@ def _carve(ds: datasets.Dataset, fraction: float, seed: int = 0) -> tuple[datase
 
 def _assemble(train: pd.DataFrame, test: pd.DataFrame | None = None, label_names=None,
               validation: pd.DataFrame | None = None, seed: int = 0) -> datasets.DatasetDict:
-    """Build train/validation/test, carving validation (10%) and test (10%) from train where missing."""
+    """Build train/validation/test, carving validation (10%) and test (10%) from train where missing.
+
+    Exact duplicate texts are dropped first (real corpora repeat retweets, reviews and wire stories), and
+    a text that appears in a given test or validation split is removed from train, so no example leaks
+    from training into evaluation.
+    """
     frames = [f for f in (train, validation, test) if f is not None]
     features = _class_label(pd.concat(frames), label_names)
+    held_out: set[str] = set()
+    for f in (test, validation):
+        if f is not None:
+            held_out |= set(f["text"])
+    train = train.drop_duplicates("text")
+    train = train[~train["text"].isin(held_out)]
     train_ds = _to_dataset(train, features)
     if test is None:
         train_ds, test_ds = _carve(train_ds, 0.1, seed)
     else:
-        test_ds = _to_dataset(test, features)
+        test_ds = _to_dataset(test.drop_duplicates("text"), features)
     if validation is None:
         train_ds, val_ds = _carve(train_ds, 0.1111 if test is None else 0.1, seed)
     else:
-        val_ds = _to_dataset(validation, features)
+        val_ds = _to_dataset(validation[~validation["text"].isin(set(test["text"]) if test is not None else set())]
+                             .drop_duplicates("text"), features)
     return datasets.DatasetDict(train=train_ds, validation=val_ds, test=test_ds)
 
 

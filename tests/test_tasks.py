@@ -51,6 +51,18 @@ def test_unknown_task_offline_fails_fast(monkeypatch):
         load_task("no-such/dataset")
 
 
+def test_duplicates_never_leak_across_splits():
+    df = toy_frame(200)
+    df = pd.concat([df, df.iloc[:50]], ignore_index=True)  # 50 repeated texts
+    t = task_from(df)
+    texts = [x for s in ("train", "validation", "test") for x in t.data[s]["text"]]
+    assert len(texts) == len(set(texts)) == len(set(df["text"]))
+    given_test = toy_frame(20, seed=5)
+    t2 = task_from(datasets.DatasetDict(train=datasets.Dataset.from_pandas(pd.concat([df, given_test])),
+                                        test=datasets.Dataset.from_pandas(given_test)))
+    assert not set(t2.data["train"]["text"]) & set(t2.data["test"]["text"])
+
+
 def test_subsample_and_chance():
     t = task_from(toy_frame(200))
     s = t.subsample({"train": 10, "validation": 5, "test": None}, seed=1)
@@ -73,5 +85,7 @@ def test_bundled_tasks_from_real_corpora(name, labels, chance_below):
     assert t.num_labels == labels
     assert all(n > 400 for n in t.sizes().values())
     assert t.chance("test") < chance_below
-    # no split leaks into another
-    assert not set(t.data["train"]["text"][:2000]) & set(t.data["test"]["text"])
+    # no text leaks from one split into another, and none repeats within a split
+    train, val, test = (set(t.data[s]["text"]) for s in ("train", "validation", "test"))
+    assert not train & test and not train & val and not val & test
+    assert len(train) == t.sizes()["train"] and len(test) == t.sizes()["test"]
