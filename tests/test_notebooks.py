@@ -33,6 +33,8 @@ def test_03_task_vectors(tmp_path):
     assert rec["mean_test"]["each expert on its own task"] > rec["average_mean"]  # merging costs something
     assert 0.0 < rec["conflict_rate"] < 1.0
     assert rec["best_lam_ta"] in (0.2, 0.4, 0.7, 1.0)
+    assert 0.3 < rec["slerp_pair_mean"] <= 1.0 and 0.3 < rec["linear_pair_mean"] <= 1.0
+    assert 1 <= len(rec["soup"]) <= 5 and 0.1 < rec["soup_mean"] <= 1.0
 
 
 @pytest.mark.notebook
