@@ -20,8 +20,11 @@ $(VENV)/.installed: pyproject.toml
 assets: setup
 	$(BIN)/fusionkit assets
 
+# Jupyter refuses to run as root unless told; containers and CI machines often are root.
+ROOT_FLAG := $(if $(filter 0,$(shell id -u)),--allow-root,)
+
 lab: assets
-	$(BIN)/jupyter lab notebooks/00_start_here.ipynb
+	$(BIN)/jupyter lab $(ROOT_FLAG) notebooks/00_start_here.ipynb
 
 test: assets
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest
