@@ -1,0 +1,237 @@
+"""Coefficient search without gradients: DFWE (Ninalga 2023, "Derivative Free Weight-space Ensembling",
+arXiv 2307.03506) with nevergrad.
+
+Few-sample transfer in three steps: experts are trained on source tasks, each is fine-tuned again on a few
+target examples (the ``transfer`` zoo), and then a gradient-free optimiser looks for interpolation weights
+
+    θ(w) = θ₀ + Σₖ wₖ (θₖ − θ₀)
+
+that maximise the target's *dev* score. Two labelled parametrisations:
+
+* ``simplex``  w = softmax(z), z free (so wₖ ≥ 0, Σ wₖ = 1 and θ(w) = Σ wₖθₖ - θ₀ drops out);
+* ``box``      wₖ ∈ [lo, hi] free (LoraHub's [−1.5, 1.5]): task arithmetic with searched coefficients.
+
+Both start at the uniform average (z = 0, or wₖ = 1/K), which is evaluated first, so the best dev score found
+can never be below the uniform soup's. An optional penalty ``l1 · mean|w|`` (LoraHub uses 0.05) is added to
+the minimised loss −dev. Any optimiser in ``nevergrad.optimizers.registry`` works by name (NGOpt, CMA, DE,
+PSO, OnePlusOne, RandomSearch - the baseline with the same budget ...).
+
+With ``num_workers`` > 1 the optimiser proposes that many candidates at once; they are scored on the
+``executor`` (see :mod:`fusionkit.objective`) and told back in order, so a seed fixes the trace whatever runs it.
+"""
+from __future__ import annotations
+
+import difflib
+import threading
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .cache import stable_hash
+from .evaluate import split_head
+from .experts import Expert
+from .fuse import Merged, base_state, check_experts, shared_label_space
+from .objective import Scorer, check_executor, map_ordered, timed
+from .tasks import Task
+
+PARAMETRIZATIONS = ("simplex", "box")
+COMMON_OPTIMIZERS = ("NGOpt", "CMA", "DE", "TwoPointsDE", "PSO", "OnePlusOne", "RandomSearch")
+
+
+class SearchError(ValueError):
+    """A search cannot run with the given inputs or options."""
+
+
+def check_optimizer(name: str) -> None:
+    import nevergrad as ng
+
+    if name not in ng.optimizers.registry:
+        close = difflib.get_close_matches(name, list(ng.optimizers.registry), n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise SearchError(f"unknown nevergrad optimiser {name!r}{hint}; fix: use one of {', '.join(COMMON_OPTIMIZERS)}"
+                          f" or any of the {len(ng.optimizers.registry)} names in nevergrad.optimizers.registry")
+
+
+# ------------------------------------------------------------------------------------------ the search space
+_TENSORS: dict[str, tuple[dict, dict]] = {}  # per process: token -> (θ₀, stacked task vectors)
+_TENSORS_LOCK = threading.Lock()
+
+
+@dataclass
+class Interpolation:
+    """θ(w) = θ₀ + Σₖ wₖ(θₖ − θ₀) over ``names``; pickles light (expert paths), loads its tensors once per process."""
+
+    experts: list[Expert]
+    names: list[str]
+    base: str
+    labels: list[str]
+    seed: int = 0
+    token: str = field(init=False)
+
+    def __post_init__(self):
+        self.token = stable_hash([[e.id for e in self.experts], self.names, self.base, self.labels, self.seed])
+
+    def tensors(self) -> tuple[dict, dict]:
+        with _TENSORS_LOCK:
+            if self.token not in _TENSORS:
+                if len(_TENSORS) >= 2:  # a notebook switching zoos should not keep every zoo in memory
+                    _TENSORS.pop(next(iter(_TENSORS)))
+                base = base_state(self.base, self.labels, self.seed)
+                states = [e.state_dict() for e in self.experts]
+                theta0 = {n: base[n].float() for n in self.names}
+                taus = {n: torch.stack([s[n].float() for s in states]) - theta0[n] for n in self.names}
+                _TENSORS[self.token] = (theta0, taus)
+            return _TENSORS[self.token]
+
+    def state(self, w) -> dict:
+        theta0, taus = self.tensors()
+        w = torch.as_tensor(np.asarray(w, dtype=np.float32))
+        return {n: theta0[n] + torch.tensordot(w, taus[n], dims=1) for n in self.names}
+
+
+@dataclass
+class Candidate:
+    """The function each worker runs: weights -> (mean dev score, seconds)."""
+
+    space: Interpolation
+    scorer: Scorer
+
+    def __call__(self, w) -> tuple[float, float]:
+        return timed(lambda: self.scorer(self.space.state(w)))
+
+    def __dask_tokenize__(self):  # dask hashes submitted functions; the token names the space
+        return ("fusionkit.Candidate", self.space.token)
+
+
+def make_parametrization(kind: str, k: int, bounds=(-1.5, 1.5), seed: int = 0):
+    """``(nevergrad parameter, value -> weights)``; the parameter's initial value is the uniform average."""
+    import nevergrad as ng
+
+    if kind == "simplex":
+        param = ng.p.Array(init=np.zeros(k))
+
+        def to_weights(z):
+            e = np.exp(z - np.max(z))
+            return e / e.sum()
+    elif kind == "box":
+        lo, hi = bounds
+        if not lo < 1 / k < hi:
+            raise SearchError(f"box bounds {bounds} must contain the uniform start 1/{k}; fix: widen them")
+        param = ng.p.Array(init=np.full(k, 1 / k), lower=lo, upper=hi)
+
+        def to_weights(z):
+            return np.asarray(z, dtype=float)
+    else:
+        raise SearchError(f"unknown parametrization {kind!r}; fix: use one of {', '.join(PARAMETRIZATIONS)}")
+    param.random_state = np.random.RandomState(seed)
+    return param, to_weights
+
+
+# ------------------------------------------------------------------------------------------ the search
+@dataclass
+class SearchResult:
+    method: str
+    options: dict
+    history: list[dict]  # per evaluation: eval, weights, dev, loss, seconds, cached
+    space: Interpolation
+    scorer: Scorer
+
+    @property
+    def best(self) -> dict:
+        """The evaluation with the lowest loss (−dev + penalty); the first one on ties."""
+        return min(self.history, key=lambda h: (h["loss"], h["eval"]))
+
+    def best_state(self) -> dict:
+        return self.space.state(self.best["weights"])
+
+    def best_so_far(self) -> list[float]:
+        out, best = [], -np.inf
+        for h in self.history:
+            best = max(best, h["dev"])
+            out.append(best)
+        return out
+
+
+def dfwe(experts: list[Expert], target: Task | dict[str, Task], optimizer: str = "NGOpt", budget: int = 30,
+         parametrization: str = "simplex", l1: float = 0.0, num_workers: int = 1, executor=None, seed: int = 0,
+         bounds=(-1.5, 1.5), heads: dict | None = None, max_length: int = 128, batch_size: int = 128,
+         dev_examples: int | None = None, callback: Callable[[dict], None] | None = None, quiet: bool = False) -> SearchResult:
+    """Search interpolation weights of ``experts`` on the dev split of ``target`` with a nevergrad optimiser.
+
+    ``target`` is one task, or several (the mean dev score is maximised). Experts that share one label space
+    are interpolated whole, heads included; otherwise only bodies are, and each task uses ``heads[task]``
+    (default: the head of the expert trained on it). ``dev_examples`` cuts each dev split. ``callback(entry)`` sees every evaluation (live plots).
+    """
+    check_experts(experts)
+    if budget < 1:
+        raise SearchError(f"budget={budget}: a search needs at least 1 evaluation; fix: budget >= 1")
+    if num_workers < 1:
+        raise SearchError(f"num_workers={num_workers} must be >= 1")
+    check_optimizer(optimizer)
+    check_executor(executor)
+    tasks = target if isinstance(target, dict) else {target.name: target}
+    shared = shared_label_space(experts) and heads is None
+    prefixes = tuple(experts[0].recipe["head_prefixes"])
+    state0 = experts[0].state_dict()
+    floats = [n for n, t in state0.items() if t.is_floating_point()]
+    names = floats if shared else [n for n in floats if n in split_head(state0, prefixes)[0]]
+    if not shared and heads is None:
+        heads = {}
+        for e in experts:
+            heads.setdefault(e.task, e.body_and_head()[1])
+        missing = sorted(set(tasks) - set(heads))
+        if missing:
+            raise SearchError(f"no head for task(s) {missing}; fix: pass heads={{task: head_state}}")
+    space = Interpolation(experts, names, experts[0].recipe["base"], experts[0].recipe["labels"], seed)
+    scorer = Scorer(experts[0], tasks, None if shared else heads, max_length, batch_size, dev_examples)
+    fn = Candidate(space, scorer)
+    param, to_weights = make_parametrization(parametrization, len(experts), bounds, seed)
+
+    import nevergrad as ng
+
+    opt = ng.optimizers.registry[optimizer](parametrization=param, budget=budget, num_workers=num_workers)
+    opt.suggest(param.value)  # the uniform start is the first candidate evaluated
+    history: list[dict] = []
+    memo: dict[tuple, tuple[float, float]] = {}
+    with tqdm(total=budget, desc=f"dfwe {optimizer}", disable=quiet, leave=False) as bar:
+        while len(history) < budget:
+            asked = [opt.ask() for _ in range(min(num_workers, budget - len(history)))]
+            weights = [to_weights(c.value) for c in asked]
+            keys = [tuple(np.round(w, 6)) for w in weights]
+            todo = {k: w for k, w in zip(keys, weights) if k not in memo}  # repeats cost nothing
+            memo.update(zip(todo, map_ordered(fn, list(todo.values()), executor)))
+            for cand, w, key in zip(asked, weights, keys):
+                dev, seconds = memo[key]
+                loss = -dev + l1 * float(np.abs(w).mean())
+                opt.tell(cand, loss)
+                entry = {"eval": len(history), "weights": [round(float(x), 6) for x in w], "dev": round(dev, 6),
+                         "loss": round(loss, 6), "seconds": round(seconds, 3) if key in todo else 0.0,
+                         "cached": key not in todo}
+                todo.pop(key, None)  # a repeat inside one batch is a memo hit too
+                history.append(entry)
+                bar.update()
+                bar.set_postfix(dev=f"{entry['dev']:.3f}")
+                if callback is not None:
+                    callback(entry)
+    options = {"optimizer": optimizer, "budget": budget, "parametrization": parametrization, "l1": l1,
+               "num_workers": num_workers, "seed": seed, "experts": [e.name for e in experts]}
+    if parametrization == "box":
+        options["bounds"] = list(bounds)
+    return SearchResult("dfwe", options, history, space, scorer)
+
+
+def as_merged(result: SearchResult, experts: list[Expert]) -> Merged:
+    """The best candidate as a :class:`~fusionkit.fuse.Merged`, so it saves like ``fusionkit merge --out``."""
+    state = result.best_state()
+    prefixes = tuple(experts[0].recipe["head_prefixes"])
+    if result.scorer.heads is None:
+        body, head = split_head(state, prefixes)
+        heads, shared = {t: head for t in result.scorer.tasks}, True
+    else:
+        body, heads, shared = state, dict(result.scorer.heads), False
+    full = experts[0].state_dict()  # non-float buffers (position ids) come along unchanged
+    body = {**{k: v for k, v in split_head(full, prefixes)[0].items() if k not in body}, **body}
+    return Merged(result.method, result.options, body, heads, shared, experts, weights=result.best.get("weights"))
