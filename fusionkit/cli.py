@@ -4,6 +4,8 @@
     fusionkit zoo NAME --profile smoke|full [--json]  build (or reuse) a zoo and print its expert x task matrix
     fusionkit merge --list | METHOD [--zoo Z] [--experts a,b] [options] [--out DIR] [--json]
                                                       merge a zoo and score it next to its experts and the ensemble
+    fusionkit search dfwe|evolve [--zoo Z] --profile smoke|full [options] [--out DIR] [--json]
+                                                      search merge weights on dev data; report test beside baselines
     fusionkit tour --profile smoke|full               execute every notebook headlessly and print a table
 """
 from __future__ import annotations
@@ -121,6 +123,64 @@ def _merge(args) -> int:
     return 0
 
 
+def _search(args) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from .evolve import evolve_report
+    from .search import check_search_options, dfwe_report
+    from .zoo import build_zoo
+
+    if args.method == "dfwe":  # bad options fail before the zoo is built
+        check_search_options(budget=args.budget, optimizer=args.optimizer)
+    else:
+        check_search_options(F=args.F, CR=args.CR)
+    zoo = build_zoo(args.zoo or ("transfer" if args.method == "dfwe" else "multitask"), args.profile, seed=args.seed,
+                    quiet=args.json)
+    pool = ThreadPoolExecutor(args.num_workers) if args.num_workers > 1 else None
+    try:
+        if args.method == "dfwe":
+            merged, report = dfwe_report(zoo, args.optimizer, args.budget, args.parametrization, args.l1,
+                                         num_workers=args.num_workers, executor=pool, seed=args.seed, quiet=args.json)
+        else:
+            merged, report = evolve_report(zoo, None if args.merger == "none" else args.merger, args.F, args.CR,
+                                           args.generations, args.mutation, executor=pool, seed=args.seed,
+                                           quiet=args.json)
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    if args.out:
+        from .assets import base_path
+        from .export import save_merged
+
+        save_merged(merged, args.out, overwrite=args.overwrite, base_path=base_path(zoo.base),
+                    extra={"zoo": zoo.name, "profile": zoo.profile.name, "best": report["best"],
+                           "baselines": report["baselines"]})
+        report["out"] = args.out
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    key = "eval" if args.method == "dfwe" else "generation"
+    hist = report["history"]
+    print(f"{args.method} on zoo {zoo.name} ({zoo.profile.name}), options "
+          f"{ {k: v for k, v in report['options'].items() if k != 'experts'} }")
+    step = max(1, len(hist) // 10)
+    best = float("-inf")
+    for h in hist:
+        best = max(best, h["dev"])
+        if h[key] % step == 0 or h is hist[-1]:
+            extra = f"  accepted {h['accepted']}" if key == "generation" else f"  w={h['weights']}"
+            print(f"  {key} {h[key]:>3}  dev {h['dev']:.3f}  best so far {best:.3f}{extra}")
+    tasks = list(report["best"]["test"])
+    print(f"\n{'(dev: ' + str(report['dev_examples'] or 'all') + ' per task)':<44}{'dev':>8}"
+          + "".join(f"{t:>14}" for t in tasks) + f"{'test mean':>11}")
+    for label, r in [(f"{args.method} (best on dev)", report["best"]), *report["baselines"].items()]:
+        vals = [r["test"][t] for t in tasks]
+        print(f"{label:<44}{r['dev']:>8.3f}" + "".join(f"{v:>14.3f}" for v in vals) + f"{sum(vals) / len(vals):>11.3f}")
+    if args.out:
+        print(f"saved to {args.out}")
+    return 0
+
+
 def _tour(args) -> int:
     from .tour import format_table, run_tour
 
@@ -168,6 +228,31 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     m.add_argument("--json", action="store_true")
     m.set_defaults(func=_merge)
+
+    s = sub.add_parser("search", help="search merge weights without gradients: DFWE (nevergrad) or the Evolver")
+    s.add_argument("method", choices=["dfwe", "evolve"])
+    s.add_argument("--zoo", choices=sorted(ZOOS), help="default: transfer for dfwe, multitask for evolve")
+    s.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-workers", type=int, default=1, help="evaluate this many candidates at once (threads)")
+    g = s.add_argument_group("dfwe")
+    g.add_argument("--optimizer", default="NGOpt", help="any nevergrad optimiser name (NGOpt, CMA, DE, PSO, ...)")
+    g.add_argument("--budget", type=int, default=30, help="evaluations on dev data")
+    g.add_argument("--parametrization", choices=["simplex", "box"], default="simplex")
+    g.add_argument("--l1", type=float, default=0.0, help="penalty l1 * mean|w| added to the loss -dev")
+    g = s.add_argument_group("evolve")
+    from .merge import METHODS
+
+    g.add_argument("--merger", default="average", choices=[m for m in METHODS if m != "slerp"] + ["none"],
+                   help="merge the population with this method (none: compare offspring with parents directly)")
+    g.add_argument("--F", type=float, default=0.5, help="mutation scale in (0, 1]")
+    g.add_argument("--CR", type=float, default=0.5, help="crossover rate in (0, 1]")
+    g.add_argument("--generations", type=int, default=3)
+    g.add_argument("--mutation", choices=["current-to-other", "rand/1"], default="current-to-other")
+    s.add_argument("--out", help="write the best model folder(s) + recipe.json here")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(func=_search)
 
     t = sub.add_parser("tour", help="execute every notebook with papermill and print a table")
     t.add_argument("--profile", choices=["smoke", "full"], default="smoke")

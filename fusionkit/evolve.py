@@ -37,7 +37,7 @@ from .fuse import base_state, check_experts, shared_label_space
 from .measure import expert_stats
 from .merge import get_method, merge
 from .objective import Scorer, check_executor, map_ordered
-from .search import SearchError
+from .search import SearchError, check_search_options
 from .tasks import Task
 from .weights import flatten, unflatten
 
@@ -89,6 +89,7 @@ class EvolveResult:
     options: dict
     history: list[dict]  # per generation: generation, dev, mean, accepted, acceptance, evals, seconds
     population: torch.Tensor
+    initial: torch.Tensor  # generation 0: the experts themselves
     fitness: Fitness
     best_index: int | None  # without a merger: the best individual
 
@@ -114,9 +115,7 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
     ``train_tasks[expert name]``: the data for Fisher / Gram statistics when the merger needs them.
     """
     check_experts(experts)
-    for name, value in (("F", F), ("CR", CR)):
-        if not 0 < value <= 1:
-            raise SearchError(f"{name}={value} is outside (0, 1]; fix: typical values are F=0.5, CR=0.5")
+    check_search_options(F=F, CR=CR)
     if mutation not in MUTATIONS:
         raise SearchError(f"unknown mutation {mutation!r}; fix: use one of {', '.join(MUTATIONS)}")
     if mutation == "rand/1" and len(experts) < 4:
@@ -149,6 +148,7 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
                               seed=seed) for e in experts]  # measured once; offspring inherit their slot's
     like = {n: splits[0][0][n] for n in names}
     pop = torch.stack([flatten(body, names).float() for body, _ in splits])
+    initial = pop.clone()
     del splits
     fitness = Fitness(Scorer(experts[0], tasks, heads, max_length, batch_size, dev_examples), names, like, merger,
                       merger_options, base, stats)
@@ -205,4 +205,36 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
     options = {"merger": merger, "F": F, "CR": CR, "generations": generations, "mutation": mutation, "seed": seed,
                "merger_options": merger_options or {}, "experts": [e.name for e in experts]}
     best_index = int(fit.argmax()) if method is None else None
-    return EvolveResult(options, history, pop, fitness, best_index)
+    return EvolveResult(options, history, pop, initial, fitness, best_index)
+
+
+def evolve_report(zoo, merger: str | None = "average", F: float = 0.5, CR: float = 0.5, generations: int = 3,
+                  mutation: str = "current-to-other", executor=None, seed: int = 0, quiet: bool = False,
+                  **options) -> tuple[object, dict]:
+    """Evolver on a zoo beside its honest baselines, on the same dev data: the plain merge it wraps (generation 0),
+    the coefficient search (DFWE, NGOpt on the simplex) with the same number of evaluations, and the best single
+    expert. What ``fusionkit search evolve`` prints; returns ``(Merged, report)``.
+    """
+    from .search import _expert_state, dfwe, test_scores, to_merged
+
+    profile = zoo.profile
+    kw = dict(seed=seed, max_length=profile.max_length, batch_size=profile.eval_batch_size,
+              dev_examples=profile.search_examples, quiet=quiet)
+    res = evolve(zoo.experts, zoo.tasks, merger, F, CR, generations, mutation, executor, train_tasks=zoo.train_tasks,
+                 stats_examples=profile.stats_examples, **kw, **options)
+    scorer = res.fitness.scorer
+    plain = res.fitness.state(list(res.initial)) if merger else None
+    search = dfwe(zoo.experts, zoo.tasks, "NGOpt", res.evaluations, heads=scorer.heads, executor=executor, **kw)
+    singles = {e.name: scorer(_expert_state(e, scorer)) for e in zoo.experts}
+    best_single = max(singles, key=singles.get)
+    baselines = {}
+    if plain is not None:
+        baselines[f"plain {merger} merge"] = test_scores(scorer, plain)
+    baselines[f"coefficient search (DFWE, {res.evaluations} evals)"] = test_scores(scorer, search.best_state())
+    baselines[f"best single expert ({best_single})"] = test_scores(scorer, _expert_state(zoo.expert(best_single),
+                                                                                        scorer))
+    state = res.best_state()
+    report = {"method": "evolve", "zoo": zoo.name, "profile": profile.name, "options": res.options,
+              "history": res.history, "best": test_scores(scorer, state), "evaluations": res.evaluations,
+              "baselines": baselines, "dev_examples": profile.search_examples}
+    return to_merged("evolve", res.options, state, scorer, zoo.experts), report

@@ -47,7 +47,7 @@ class Scorer:
 
     ``heads[task]`` is the head used for that task; ``None`` means the state carries its own head (experts that
     share one label space and were searched or merged head included). ``dev_examples`` cuts each dev split
-    (the smoke profile scores candidates on 100 examples per task; test is never cut).
+    (the smoke profile scores candidates on 60 examples per task; test is never cut).
     """
 
     def __init__(self, model: Expert, tasks: dict[str, Task], heads: dict[str, dict] | None = None,

@@ -76,3 +76,63 @@ def conflict_bars(conflicts: dict[str, float], title: str = "sign conflicts amon
     fig = go.Figure(go.Bar(x=list(conflicts), y=list(conflicts.values())))
     fig.update_layout(title=title, yaxis_title="fraction of shared entries with opposite signs", height=340)
     return fig
+
+
+def search_trace(histories: dict[str, list[dict]], title: str = "dev score per evaluation") -> go.Figure:
+    """One colour per search: each evaluation's dev score (dots) and the best so far (line)."""
+    fig = go.Figure()
+    for i, (label, hist) in enumerate(histories.items()):
+        add_search_trace(fig, label, i)
+        extend_search_trace(fig, i, hist)
+    fig.update_layout(title=title, xaxis_title="evaluation", yaxis_title="dev accuracy", height=380)
+    return fig
+
+
+def add_search_trace(fig: go.Figure, label: str, i: int) -> None:
+    color = _COLORS[i % len(_COLORS)]
+    fig.add_scatter(x=[], y=[], mode="markers", name=f"{label}", marker=dict(color=color, size=6, opacity=0.5),
+                    legendgroup=label)
+    fig.add_scatter(x=[], y=[], mode="lines", name=f"{label} best so far", line=dict(color=color, width=3),
+                    legendgroup=label)
+
+
+def extend_search_trace(fig: go.Figure, i: int, entries: list[dict]) -> None:
+    """Append evaluations to search ``i``'s two traces (points, best-so-far line)."""
+    points, best = fig.data[2 * i], fig.data[2 * i + 1]
+    xs, ys = list(points.x or ()), list(points.y or ())
+    for e in entries:
+        xs.append(e["eval"])
+        ys.append(e["dev"])
+    points.x, points.y = xs, ys
+    best.x, best.y = xs, [max(ys[:k + 1]) for k in range(len(ys))]
+
+
+_COLORS = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692"]
+
+
+def weight_bars(weights: dict[str, dict[str, float]], title: str = "interpolation weights found") -> go.Figure:
+    """Grouped bars: ``weights[search][expert] = w``."""
+    fig = go.Figure()
+    for label, w in weights.items():
+        fig.add_bar(name=label, x=list(w), y=list(w.values()))
+    fig.update_layout(barmode="group", title=title, yaxis_title="weight", height=360)
+    return fig
+
+
+def evolution_curve(history: list[dict], title: str = "Evolver: dev score per generation") -> go.Figure:
+    """Best (the merged population, or the best individual) and mean dev score, and the acceptance rate."""
+    fig = go.Figure()
+    fig.add_scatter(x=[], y=[], name="best (population)", mode="lines+markers", line=dict(width=3))
+    fig.add_scatter(x=[], y=[], name="mean of candidates", mode="lines+markers", line=dict(dash="dot"))
+    fig.add_bar(x=[], y=[], name="accepted offspring (fraction)", yaxis="y2", opacity=0.3)
+    fig.update_layout(title=title, xaxis_title="generation", yaxis_title="dev accuracy", height=380,
+                      yaxis2=dict(overlaying="y", side="right", range=[0, 1], title="acceptance"))
+    extend_evolution_curve(fig, history)
+    return fig
+
+
+def extend_evolution_curve(fig: go.Figure, entries: list[dict]) -> None:
+    best, mean, acc = fig.data
+    for trace, key in ((best, "dev"), (mean, "mean"), (acc, "acceptance")):
+        trace.x = list(trace.x or ()) + [e["generation"] for e in entries]
+        trace.y = list(trace.y or ()) + [e[key] or 0 for e in entries]

@@ -32,7 +32,7 @@ class Profile:
 
 PROFILES = {
     "smoke": Profile("smoke", train_examples=512, eval_examples=300, few_shot=128, few_shot_epochs=10,
-                     max_length=64, epochs=3, batch_size=16, lr=2e-4, stats_examples=128, search_examples=100),
+                     max_length=64, epochs=3, batch_size=16, lr=2e-4, stats_examples=128, search_examples=60),
     "full": Profile("full", train_examples=None, eval_examples=None, few_shot=256, few_shot_epochs=10,
                     max_length=128, epochs=3, batch_size=32, lr=5e-5, stats_examples=1000),
 }

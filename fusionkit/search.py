@@ -55,6 +55,18 @@ def check_optimizer(name: str) -> None:
                           f" or any of the {len(ng.optimizers.registry)} names in nevergrad.optimizers.registry")
 
 
+def check_search_options(budget: int | None = None, optimizer: str | None = None, F: float | None = None,
+                         CR: float | None = None) -> None:
+    """Fail before any model is loaded: a budget below 1, an unknown optimiser, F or CR outside (0, 1]."""
+    if budget is not None and budget < 1:
+        raise SearchError(f"budget={budget}: a search needs at least 1 evaluation; fix: budget >= 1")
+    if optimizer is not None:
+        check_optimizer(optimizer)
+    for name, value in (("F", F), ("CR", CR)):
+        if value is not None and not 0 < value <= 1:
+            raise SearchError(f"{name}={value} is outside (0, 1]; fix: typical values are F=0.5, CR=0.5")
+
+
 # ------------------------------------------------------------------------------------------ the search space
 _TENSORS: dict[str, tuple[dict, dict]] = {}  # per process: token -> (θ₀, stacked task vectors)
 _TENSORS_LOCK = threading.Lock()
@@ -166,11 +178,9 @@ def dfwe(experts: list[Expert], target: Task | dict[str, Task], optimizer: str =
     (default: the head of the expert trained on it). ``dev_examples`` cuts each dev split. ``callback(entry)`` sees every evaluation (live plots).
     """
     check_experts(experts)
-    if budget < 1:
-        raise SearchError(f"budget={budget}: a search needs at least 1 evaluation; fix: budget >= 1")
+    check_search_options(budget, optimizer)
     if num_workers < 1:
         raise SearchError(f"num_workers={num_workers} must be >= 1")
-    check_optimizer(optimizer)
     check_executor(executor)
     tasks = target if isinstance(target, dict) else {target.name: target}
     shared = shared_label_space(experts) and heads is None
@@ -223,15 +233,73 @@ def dfwe(experts: list[Expert], target: Task | dict[str, Task], optimizer: str =
     return SearchResult("dfwe", options, history, space, scorer)
 
 
-def as_merged(result: SearchResult, experts: list[Expert]) -> Merged:
-    """The best candidate as a :class:`~fusionkit.fuse.Merged`, so it saves like ``fusionkit merge --out``."""
-    state = result.best_state()
+def to_merged(method: str, options: dict, state: dict, scorer: Scorer, experts: list[Expert],
+              weights=None) -> Merged:
+    """A searched state as a :class:`~fusionkit.fuse.Merged`, so it saves like ``fusionkit merge --out``."""
     prefixes = tuple(experts[0].recipe["head_prefixes"])
-    if result.scorer.heads is None:
+    if scorer.heads is None:  # the state carries the (shared) head
         body, head = split_head(state, prefixes)
-        heads, shared = {t: head for t in result.scorer.tasks}, True
+        heads, shared = {t: head for t in scorer.tasks}, True
     else:
-        body, heads, shared = state, dict(result.scorer.heads), False
-    full = experts[0].state_dict()  # non-float buffers (position ids) come along unchanged
-    body = {**{k: v for k, v in split_head(full, prefixes)[0].items() if k not in body}, **body}
-    return Merged(result.method, result.options, body, heads, shared, experts, weights=result.best.get("weights"))
+        body, heads, shared = state, dict(scorer.heads), False
+    full = split_head(experts[0].state_dict(), prefixes)[0]  # non-float buffers (position ids) come along
+    return Merged(method, options, {**full, **body}, heads, shared, experts, weights=weights)
+
+
+def test_scores(scorer: Scorer, state: dict) -> dict:
+    """``{"dev": mean dev score, "test": {task: score}}``: the one look at test a search gets, for its final pick."""
+    return {"dev": round(scorer(state), 4), "test": {t: round(s, 4) for t, s in scorer.scores(state, "test").items()}}
+
+
+def dfwe_baselines(zoo, result: SearchResult, quiet: bool = False) -> dict:
+    """DFWE's baselines on the search's own dev data: fine-tuning the base on the target alone (pretrain→finetune;
+    zoos with one shared-head target), the best single expert by dev score, the uniform average (the search's
+    start), the greedy soup. ``{label: {"dev", "test": {task: score}}}``."""
+    from .experts import finetune
+    from .fuse import greedy_soup
+
+    scorer, profile = result.scorer, zoo.profile
+    baselines = {}
+    if len(zoo.tasks) == 1 and scorer.heads is None:
+        target = next(iter(zoo.tasks.values()))
+        alone = finetune(zoo.base, target, profile, seed=result.options["seed"], name=f"{target.name} (target only)",
+                         quiet=quiet, epochs=profile.few_shot_epochs)
+        baselines["pretrain→finetune"] = test_scores(scorer, alone.state_dict())
+    singles = {e.name: scorer(_expert_state(e, scorer)) for e in zoo.experts}
+    best_single = max(singles, key=singles.get)
+    baselines[f"best single expert ({best_single})"] = test_scores(scorer, _expert_state(zoo.expert(best_single),
+                                                                                        scorer))
+    baselines["uniform average"] = test_scores(scorer, result.space.state(result.history[0]["weights"]))
+    soup, _ = greedy_soup(zoo, zoo.evaluator())
+    soup_state = {**soup.body, **(soup.heads[next(iter(soup.heads))] if scorer.heads is None else {})}
+    baselines[f"greedy soup ({len(soup.options['soup'])} experts)"] = test_scores(scorer, soup_state)
+    return baselines
+
+
+def dfwe_report(zoo, optimizer: str = "NGOpt", budget: int = 30, parametrization: str = "simplex", l1: float = 0.0,
+                num_workers: int = 1, executor=None, seed: int = 0, quiet: bool = False,
+                **options) -> tuple[Merged, dict]:
+    """DFWE on a zoo with every baseline in the same run, on the same dev data (:func:`dfwe_baselines` plus
+    random search with the same budget): what ``fusionkit search dfwe`` prints. Returns ``(Merged, report)``."""
+    profile = zoo.profile
+    heads = None if shared_label_space(zoo.experts) else zoo.heads()
+    kw = dict(parametrization=parametrization, l1=l1, seed=seed, heads=heads, max_length=profile.max_length,
+              batch_size=profile.eval_batch_size, dev_examples=profile.search_examples, quiet=quiet, **options)
+    result = dfwe(zoo.experts, zoo.tasks, optimizer, budget, num_workers=num_workers, executor=executor, **kw)
+    scorer = result.scorer
+    baselines = dfwe_baselines(zoo, result, quiet)
+    if optimizer != "RandomSearch":
+        rand = dfwe(zoo.experts, zoo.tasks, "RandomSearch", budget, num_workers=num_workers, executor=executor, **kw)
+        baselines["random search (same budget)"] = test_scores(scorer, rand.best_state())
+    best = result.best
+    report = {"method": "dfwe", "zoo": zoo.name, "profile": profile.name, "options": result.options,
+              "history": result.history, "best": {**test_scores(scorer, result.best_state()), "eval": best["eval"],
+                                                  "weights": dict(zip(result.options["experts"], best["weights"]))},
+              "baselines": baselines, "dev_examples": profile.search_examples}
+    return to_merged("dfwe", result.options, result.best_state(), scorer, zoo.experts, best["weights"]), report
+
+
+def _expert_state(expert: Expert, scorer: Scorer) -> dict:
+    """An expert as the scorer sees it: whole (shared head) or its body (heads given per task)."""
+    state = expert.state_dict()
+    return state if scorer.heads is None else split_head(state, tuple(expert.recipe["head_prefixes"]))[0]

@@ -90,3 +90,34 @@ def merge_explorer(zoo, method: str, evaluator, sliders: dict, split: str = "val
         c.observe(update, names="value")
     update()
     return Explorer(W.VBox([W.HBox(list(controls.values())), status, fig, errors]), controls, fig, errors)
+
+
+class LiveSearch:
+    """A live dev-score plot for searches: ``dfwe(..., callback=live.track("CMA"))`` adds a search and appends
+    every evaluation as it is scored. ``live.figure`` is the ``FigureWidget`` to display."""
+
+    def __init__(self, title: str = "dev score per evaluation (live)"):
+        self.figure = go.FigureWidget(plots.search_trace({}, title))
+        self.labels: list[str] = []
+
+    def track(self, label: str):
+        i = len(self.labels)
+        self.labels.append(label)
+        with self.figure.batch_update():
+            plots.add_search_trace(self.figure, label, i)
+
+        def callback(entry: dict) -> None:
+            with self.figure.batch_update():
+                plots.extend_search_trace(self.figure, i, [entry])
+        return callback
+
+
+class LiveEvolution:
+    """A live fitness-per-generation plot: ``evolve(..., callback=live.update)``."""
+
+    def __init__(self, title: str = "Evolver: dev score per generation (live)"):
+        self.figure = go.FigureWidget(plots.evolution_curve([], title))
+
+    def update(self, entry: dict) -> None:
+        with self.figure.batch_update():
+            plots.extend_evolution_curve(self.figure, [entry])

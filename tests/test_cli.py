@@ -71,3 +71,30 @@ def test_merge_cli_json_and_saved_folder_scores_the_same(tmp_path):
 def test_merge_cli_rejects_options_the_method_lacks(capsys):
     assert main(["merge", "average", "--density", "0.3"]) == 2
     assert "average has no option(s) ['density']" in capsys.readouterr().err
+
+
+@pytest.mark.assets
+@pytest.mark.parametrize("method, extra, history_key", [
+    ("dfwe", ["--budget", "4"], "eval"),
+    ("evolve", ["--generations", "1", "--merger", "average"], "generation"),
+])
+def test_search_smoke_json(method, extra, history_key, tmp_path):
+    """`fusionkit search dfwe|evolve --json` as a user runs it: trace, best (dev and test) and baselines."""
+    out = tmp_path / "best"
+    res = subprocess.run([sys.executable, "-m", "fusionkit", "search", method, "--profile", "smoke", "--json",
+                          "--out", str(out), *extra], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr[-2000:]
+    data = json.loads(res.stdout)
+    assert data["method"] == method and data["history"] and history_key in data["history"][0]
+    devs = [h["dev"] for h in data["history"]]
+    assert max(devs) >= devs[0]
+    assert 0 < data["best"]["dev"] <= 1 and all(0 < v <= 1 for v in data["best"]["test"].values())
+    assert data["baselines"] and all({"dev", "test"} <= set(b) for b in data["baselines"].values())
+    if method == "dfwe":
+        assert "pretrain→finetune" in data["baselines"] and len(data["best"]["weights"]) == 4
+    assert (out / "recipe.json").exists()
+
+
+def test_search_bad_input_is_one_line(capsys):
+    assert main(["search", "dfwe", "--budget", "0"]) == 2
+    assert "budget" in capsys.readouterr().err

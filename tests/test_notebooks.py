@@ -48,3 +48,33 @@ def test_04_regmean(tmp_path):
         assert 0.1 < rec[key] <= 1.0, key
     assert set(rec["alpha_sweep"]) == {"0.0", "0.5", "0.9", "1.0"}
     assert len(rec["partitions"]) >= 4 and all(0.0 < v <= 1.0 for v in rec["partitions"].values())
+
+
+@pytest.mark.notebook
+def test_05_dfwe(tmp_path):
+    nb = next(p for p in notebooks() if p.name.startswith("05_"))
+    row = run_notebook(nb, tmp_path, {"profile": "smoke"}, timeout=1800)
+    assert row["status"] == "ok", row["error"]
+    rec = row["record"]
+    for name, best in rec["best_dev"].items():
+        assert best >= rec["uniform_dev"], name
+    assert {"pretrain→finetune", "uniform average"} <= set(rec["test"])
+    for value in rec["test"].values():
+        assert 0.3 < value <= 1.0  # a two-class task: every method is at least near chance
+    for w in rec["weights"].values():
+        assert sum(w.values()) == pytest.approx(1, abs=1e-3)
+
+
+@pytest.mark.notebook
+def test_06_evolver(tmp_path):
+    nb = next(p for p in notebooks() if p.name.startswith("06_"))
+    row = run_notebook(nb, tmp_path, {"profile": "smoke"}, timeout=1800)
+    assert row["status"] == "ok", row["error"]
+    rec = row["record"]
+    assert rec["average_trace"] == sorted(rec["average_trace"])
+    assert all(0 <= a <= 1 for a in rec["acceptance"])
+    assert len(rec["grid_gain"]) == 2 and all(g >= 0 for r in rec["grid_gain"] for g in r)
+    assert {"Evolver + RegMean", "plain regmean merge"} <= set(rec["test_mean"])
+    assert rec["dev"]["Evolver + RegMean"] >= rec["dev"]["plain regmean merge"]
+    for value in rec["test_mean"].values():
+        assert 0.1 < value <= 1.0

@@ -12,7 +12,7 @@ from fusionkit.experts import finetune
 from fusionkit.fuse import merge_experts
 from fusionkit.merge import MergeError
 from fusionkit.objective import Scorer
-from fusionkit.search import SearchError, as_merged, dfwe
+from fusionkit.search import SearchError, dfwe, to_merged
 from fusionkit.tasks import task_from
 
 FAST = dict(epochs=6, batch_size=16, lr=5e-3, max_length=16)
@@ -132,7 +132,7 @@ def test_best_saves_like_a_merge(shared, tmp_path):
 
     experts, task = shared
     res = dfwe(experts, task, budget=3, quiet=True)
-    out = save_merged(as_merged(res, experts), tmp_path / "dfwe")
+    out = save_merged(to_merged("dfwe", res.options, res.best_state(), res.scorer, experts), tmp_path / "dfwe")
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(out)

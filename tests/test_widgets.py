@@ -26,3 +26,19 @@ def test_heatmap_marks_gain_over_chance():
     fig = plots.expert_task_heatmap(zoo, relative=True)
     assert [list(r) for r in fig.data[0].z] == [[0.4, 0.0], [0.0, 0.5]]
     assert [list(r) for r in plots.expert_task_heatmap(zoo).data[0].z] == [[0.9, 0.25], [0.5, 0.75]]
+
+
+def test_live_search_and_evolution_plots_grow_with_each_callback():
+    from fusionkit.widgets import LiveEvolution, LiveSearch
+
+    live = LiveSearch()
+    a, b = live.track("NGOpt"), live.track("CMA")
+    for i, dev in enumerate([0.5, 0.7, 0.6]):
+        a({"eval": i, "dev": dev})
+    b({"eval": 0, "dev": 0.4})
+    assert list(live.figure.data[0].y) == [0.5, 0.7, 0.6] and list(live.figure.data[1].y) == [0.5, 0.7, 0.7]
+    assert list(live.figure.data[2].y) == [0.4] and len(live.figure.data) == 4
+    evo = LiveEvolution()
+    evo.update({"generation": 0, "dev": 0.5, "mean": 0.5, "acceptance": None})
+    evo.update({"generation": 1, "dev": 0.6, "mean": 0.55, "acceptance": 0.4})
+    assert list(evo.figure.data[0].y) == [0.5, 0.6] and list(evo.figure.data[2].y) == [0, 0.4]
