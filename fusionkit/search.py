@@ -270,7 +270,7 @@ def dfwe_baselines(zoo, result: SearchResult, quiet: bool = False) -> dict:
     baselines[f"best single expert ({best_single})"] = test_scores(scorer, _expert_state(zoo.expert(best_single),
                                                                                         scorer))
     baselines["uniform average"] = test_scores(scorer, result.space.state(result.history[0]["weights"]))
-    soup, _ = greedy_soup(zoo, zoo.evaluator())
+    soup, _ = greedy_soup(zoo, scorer.evaluator())  # the search's live model: no second load
     soup_state = {**soup.body, **(soup.heads[next(iter(soup.heads))] if scorer.heads is None else {})}
     baselines[f"greedy soup ({len(soup.options['soup'])} experts)"] = test_scores(scorer, soup_state)
     return baselines

@@ -4,6 +4,14 @@ import pytest
 from fusionkit.tour import check_parameters, notebooks, run_notebook
 
 
+def run_smoke(prefix: str, tmp_path) -> dict:
+    """Execute the notebook whose name starts with ``prefix`` in the smoke profile; fail with its error."""
+    nb = next(p for p in notebooks() if p.name.startswith(prefix))
+    row = run_notebook(nb, tmp_path, {"profile": "smoke"}, timeout=1800)
+    assert row["status"] == "ok", row["error"]
+    return row["record"]
+
+
 def test_injected_parameter_names_are_checked():
     with pytest.raises(ValueError, match="no parameter"):
         check_parameters(notebooks()[0], {"profil": "smoke"})
@@ -52,10 +60,7 @@ def test_04_regmean(tmp_path):
 
 @pytest.mark.notebook
 def test_05_dfwe(tmp_path):
-    nb = next(p for p in notebooks() if p.name.startswith("05_"))
-    row = run_notebook(nb, tmp_path, {"profile": "smoke"}, timeout=1800)
-    assert row["status"] == "ok", row["error"]
-    rec = row["record"]
+    rec = run_smoke("05_", tmp_path)
     for name, best in rec["best_dev"].items():
         assert best >= rec["uniform_dev"], name
     assert {"pretrain→finetune", "uniform average"} <= set(rec["test"])
@@ -67,10 +72,7 @@ def test_05_dfwe(tmp_path):
 
 @pytest.mark.notebook
 def test_06_evolver(tmp_path):
-    nb = next(p for p in notebooks() if p.name.startswith("06_"))
-    row = run_notebook(nb, tmp_path, {"profile": "smoke"}, timeout=1800)
-    assert row["status"] == "ok", row["error"]
-    rec = row["record"]
+    rec = run_smoke("06_", tmp_path)
     assert rec["average_trace"] == sorted(rec["average_trace"])
     assert all(0 <= a <= 1 for a in rec["acceptance"])
     assert len(rec["grid_gain"]) == 2 and all(g >= 0 for r in rec["grid_gain"] for g in r)
