@@ -7,6 +7,9 @@
 2. Test: no update, fine-tuning, distillation and prepend on the test entities with that lr, in chunks; after
    every chunk the table so far is written to ``benchmarks/README.md`` (section "full profile"), so a
    run cut short still leaves honest partial numbers with the number of entities they cover.
+
+Every sweep point and test chunk is saved under the kit cache (``benchmarks/distill_full/``), keyed by its
+settings and entities, so a run that is stopped and started again picks up where it left off.
 """
 from __future__ import annotations
 
@@ -47,6 +50,20 @@ def write_section(text: str, section: str = "full") -> None:
     atomic_write_text(OUT, new)
 
 
+def cached_run(model, tok, entities, facts, cfg, **kw) -> dict:
+    """``distill.run``, or its saved ``raw``/``seconds`` if this exact run (settings, entities, options) finished before."""
+    from fusionkit.cache import cache_dir, read_json, stable_hash, write_json
+
+    key = stable_hash({"cfg": cfg.to_dict(), "entities": [e.name for e in entities], **kw})
+    path = cache_dir("benchmarks", "distill_full") / f"{key}.json"
+    if path.exists():
+        return {**read_json(path), "cached": True}
+    rep = D.run(model, tok, entities, facts, cfg, model_id="smollm2-135m", **kw)
+    saved = {"raw": rep["raw"], "seconds": rep["seconds"]}
+    write_json(path, saved)
+    return {**saved, "cached": False}
+
+
 def table(results: dict) -> str:
     cols = ("explicit_acc", "implicit_acc", "gold_nll", "gap_closed", "specificity_acc", "specificity_delta", "drift")
     rows = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -79,14 +96,15 @@ def main(argv=None) -> int:
            f"other entities' probes within a chunk of {args.chunk}; drift on 8 neutral sentences.\n",
            f"#### lr sweep (distillation only, {len(dev)} dev entities)\n", "| lr | explicit | implicit | gold NLL | "
            "seconds |", "|---|---|---|---|---|"]
-    sweep = {}
+    sweep, sweep_seconds = {}, []
     for lr in lrs:
-        rep = D.run(model, tok, dev, facts, D.settings("full", lr=lr, seed=args.seed), model_id="smollm2-135m",
-                    finetune=False)
-        r = rep["results"]["distill"]
+        rep = cached_run(model, tok, dev, facts, D.settings("full", lr=lr, seed=args.seed), finetune=False)
+        res = D.results_from(rep["raw"])
+        r = res["distill"]
         if not sweep:
-            n = rep["results"]["no_update"]
+            n = res["no_update"]
             log.append(f"| no update | {n['explicit_acc']:.3f} | {n['implicit_acc']:.3f} | {n['gold_nll']:.3f} | - |")
+        sweep_seconds.append(rep["seconds"])
         sweep[lr] = ((r["explicit_acc"] + r["implicit_acc"]) / 2, -r["gold_nll"])
         log.append(f"| {lr:g} | {r['explicit_acc']:.3f} | {r['implicit_acc']:.3f} | {r['gold_nll']:.3f} | "
                    f"{rep['seconds']:.0f} |")
@@ -96,18 +114,19 @@ def main(argv=None) -> int:
     log.append(f"\nChosen on dev (best mean of explicit and implicit accuracy, then gold NLL): lr = {lr:g}.\n")
     cfg = D.settings("full", lr=lr, seed=args.seed)
     test = load_entities("bundled", "test")[:args.test]
-    raw, done = None, 0
+    raw, done, spent = None, 0, sum(sweep_seconds)
     for i in range(0, len(test), args.chunk):
-        rep = D.run(model, tok, test[i:i + args.chunk], facts, cfg, model_id="smollm2-135m")
+        rep = cached_run(model, tok, test[i:i + args.chunk], facts, cfg)
         raw = rep["raw"] if raw is None else {m: {k: raw[m][k] + rep["raw"][m][k] for k in raw[m]} for m in raw}
         done += len(test[i:i + args.chunk])
-        wall = time.perf_counter() - t0
+        spent += rep["seconds"]
         status = "finished" if done == len(test) else f"PARTIAL: {done} of {len(test)} test entities so far"
         text = "\n".join(log + [f"#### Test entities ({done} of {len(test)}, lr {lr:g}) - {status}\n",
                                 table(D.results_from(raw)),
-                                f"\nWall time so far: {wall:.0f} s ({wall / 60:.1f} min) on {machine()}."])
+                                f"\nCompute so far (sweep + test, summed over the saved runs): {spent:.0f} s "
+                                f"({spent / 60:.1f} min) on {machine()}."])
         write_section(text)
-        print(f"{done}/{len(test)} test entities, {wall:.0f} s", flush=True)
+        print(f"{done}/{len(test)} test entities, {spent:.0f} s", flush=True)
     return 0
 
 
