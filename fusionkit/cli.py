@@ -17,6 +17,10 @@ import argparse
 import json
 import sys
 
+from .runtime import PRECISIONS
+
+PRECISION_HELP = "scoring forwards: float32 (default), bfloat16 autocast, or auto (bfloat16 where native)"
+
 
 def _assets(args) -> int:
     from .assets import fetch_all, list_assets
@@ -101,7 +105,7 @@ def _merge(args) -> int:
         given["fisher_variant"] = args.fisher_variant
     zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
     experts = [e.strip() for e in args.experts.split(",")] if args.experts else None
-    merged, report = merge_report(args.method, zoo, experts, seed=args.seed, **given)
+    merged, report = merge_report(args.method, zoo, experts, zoo.evaluator(args.precision), seed=args.seed, **given)
     if args.out:
         from .assets import base_path
 
@@ -143,11 +147,12 @@ def _search(args) -> int:
     try:
         if args.method == "dfwe":
             merged, report = dfwe_report(zoo, args.optimizer, args.budget, args.parametrization, args.l1,
-                                         num_workers=args.num_workers, executor=pool, seed=args.seed, quiet=args.json)
+                                         num_workers=args.num_workers, executor=pool, seed=args.seed, quiet=args.json,
+                                         precision=args.precision)
         else:
             merged, report = evolve_report(zoo, None if args.merger == "none" else args.merger, args.F, args.CR,
                                            args.generations, args.mutation, executor=pool, seed=args.seed,
-                                           quiet=args.json)
+                                           quiet=args.json, precision=args.precision)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -248,6 +253,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--include", help="comma-separated parameter-name globs to merge (default all)")
     m.add_argument("--exclude", help="comma-separated parameter-name globs to leave at the base / average")
     m.add_argument("--fisher-variant", choices=["sample", "argmax", "gold"], default="sample")
+    m.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
     for k, o in _method_options().items():
         if k == "seed":
             continue
@@ -264,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile", choices=["smoke", "full"], default="smoke")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-workers", type=int, default=1, help="evaluate this many candidates at once (threads)")
+    s.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
     g = s.add_argument_group("dfwe")
     g.add_argument("--optimizer", default="NGOpt", help="any nevergrad optimiser name (NGOpt, CMA, DE, PSO, ...)")
     g.add_argument("--budget", type=int, default=30, help="evaluations on dev data")

@@ -7,16 +7,19 @@ forward pass, nothing is copied. Heads are passed the same way, which is how one
 with different label spaces (the classifier of task *j* on the body of expert *i*).
 
 Each (task, split) is tokenised once, sorted by length so batches carry little padding, and kept.
+``precision="auto"`` scores under bfloat16 autocast where the hardware runs it natively (see
+:func:`fusionkit.runtime.resolve_precision`); the default is float32.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch.func import functional_call
 
-from .runtime import pick_device
+from .runtime import pick_device, resolve_precision
 from .tasks import Task
 
 
@@ -67,8 +70,9 @@ class Evaluator:
     """
 
     def __init__(self, model, tokenizer, max_length: int = 128, batch_size: int = 128, device="auto",
-                 limit: int | None = None):
+                 limit: int | None = None, precision: str = "float32"):
         self.device = pick_device(device)
+        self.precision = resolve_precision(precision, self.device)
         self.model = model.to(self.device).eval()
         self.tokenizer = tokenizer
         self.max_length = max_length
@@ -97,20 +101,30 @@ class Evaluator:
         return self._encoded[key]
 
     # -------------------------------------------------------------------------------- scoring
+    def autocast(self, precision: str | None = None):
+        """bfloat16 autocast if ``precision`` (default: this evaluator's) resolves to it; otherwise nothing, so a
+        caller's own autocast still applies."""
+        precision = self.precision if precision is None else resolve_precision(precision, self.device)
+        if precision == "bfloat16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     @torch.inference_mode()
     def logits(self, task: Task, split: str = "validation", params: dict | None = None,
-               head: dict | None = None) -> torch.Tensor:
-        """Logits ``[N, C]`` in the split's order. ``params`` and ``head`` replace the live model's tensors."""
+               head: dict | None = None, precision: str | None = None) -> torch.Tensor:
+        """Logits ``[N, C]`` (float32) in the split's order. ``params`` and ``head`` replace the live model's
+        tensors; ``precision`` overrides the evaluator's for this call."""
         enc = self.encode(task, split)
         swap = {**(params or {}), **(head or {})}
         swap = {k: v.to(self.device) for k, v in swap.items()}
         outs = []
-        for batch in enc.batches:
-            if swap:
-                out = functional_call(self.model, swap, args=(), kwargs=batch, strict=False)
-            else:
-                out = self.model(**batch)
-            outs.append(out.logits.float())
+        with self.autocast(precision):
+            for batch in enc.batches:
+                if swap:
+                    out = functional_call(self.model, swap, args=(), kwargs=batch, strict=False)
+                else:
+                    out = self.model(**batch)
+                outs.append(out.logits.float())
         sorted_logits = torch.cat(outs).cpu()
         logits = torch.empty_like(sorted_logits)
         logits[enc.order] = sorted_logits
@@ -122,9 +136,9 @@ class Evaluator:
         return METRICS[task.metric](logits, self.encode(task, split).labels)
 
     def loss_and_score(self, task: Task, split: str = "validation", params: dict | None = None,
-                       head: dict | None = None) -> tuple[float, float]:
+                       head: dict | None = None, precision: str | None = None) -> tuple[float, float]:
         """``(mean cross-entropy, metric)`` from one forward pass over the split."""
-        logits = self.logits(task, split, params, head)
+        logits = self.logits(task, split, params, head, precision)
         labels = self.encode(task, split).labels
         return cross_entropy(logits, labels), METRICS[task.metric](logits, labels)
 

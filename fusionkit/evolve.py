@@ -107,12 +107,14 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
            CR: float = 0.5, generations: int = 5, mutation: str = "current-to-other", executor=None, seed: int = 0,
            heads: dict | None = None, train_tasks: dict[str, Task] | None = None, merger_options: dict | None = None,
            stats_examples: int = 128, max_length: int = 128, batch_size: int = 128,
-           dev_examples: int | None = None, callback: Callable[[dict], None] | None = None, quiet: bool = False) -> EvolveResult:
+           dev_examples: int | None = None, precision: str = "float32", callback: Callable[[dict], None] | None = None,
+           quiet: bool = False) -> EvolveResult:
     """Evolve ``experts`` for ``generations`` and return the final population and its trace.
 
     ``tasks``: the dev tasks (mean dev score over them is the fitness). ``heads[task]``: the fixed head per task
     (default: the head of the expert trained on it; experts sharing one label space use their averaged head).
-    ``train_tasks[expert name]``: the data for Fisher / Gram statistics when the merger needs them.
+    ``train_tasks[expert name]``: the data for Fisher / Gram statistics when the merger needs them (measured in
+    float32); ``precision`` is the scoring precision (:class:`~fusionkit.objective.Scorer`).
     """
     check_experts(experts)
     check_search_options(F=F, CR=CR)
@@ -150,8 +152,8 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
     pop = torch.stack([flatten(body, names).float() for body, _ in splits])
     initial = pop.clone()
     del splits
-    fitness = Fitness(Scorer(experts[0], tasks, heads, max_length, batch_size, dev_examples), names, like, merger,
-                      merger_options, base, stats)
+    scorer = Scorer(experts[0], tasks, heads, max_length, batch_size, dev_examples, precision=precision)
+    fitness = Fitness(scorer, names, like, merger, merger_options, base, stats)
     gen = torch.Generator().manual_seed(seed)
     n = pop.shape[0]
 
@@ -210,7 +212,7 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
 
 def evolve_report(zoo, merger: str | None = "average", F: float = 0.5, CR: float = 0.5, generations: int = 3,
                   mutation: str = "current-to-other", executor=None, seed: int = 0, quiet: bool = False,
-                  **options) -> tuple[object, dict]:
+                  precision: str = "float32", **options) -> tuple[object, dict]:
     """Evolver on a zoo beside its honest baselines, on the same dev data: the plain merge it wraps (generation 0),
     the coefficient search (DFWE, NGOpt on the simplex) with the same number of evaluations, and the best single
     expert. What ``fusionkit search evolve`` prints; returns ``(Merged, report)``.
@@ -219,7 +221,7 @@ def evolve_report(zoo, merger: str | None = "average", F: float = 0.5, CR: float
 
     profile = zoo.profile
     kw = dict(seed=seed, max_length=profile.max_length, batch_size=profile.eval_batch_size,
-              dev_examples=profile.search_examples, quiet=quiet)
+              dev_examples=profile.search_examples, quiet=quiet, precision=precision)
     res = evolve(zoo.experts, zoo.tasks, merger, F, CR, generations, mutation, executor, train_tasks=zoo.train_tasks,
                  stats_examples=profile.stats_examples, **kw, **options)
     scorer = res.fitness.scorer

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from .evaluate import Evaluator
 from .merge import slerp
 from .objective import eval_only
+from .runtime import resolve_precision
 from .tasks import Task
 
 StateDict = dict[str, torch.Tensor]
@@ -67,10 +68,10 @@ class LandscapeScorer:
         """``{"loss": {task: CE}, "accuracy": {task: acc}, "mean_loss", "mean_accuracy"}``."""
         self.calls += 1
         loss, acc = {}, {}
-        with torch.autocast(self.evaluator.device.type, dtype=torch.bfloat16, enabled=self.precision == "bfloat16"):
-            for name, task in self.tasks.items():
-                head = None if self.heads is None else self.heads[name]
-                loss[name], acc[name] = self.evaluator.loss_and_score(task, self.split, params=state, head=head)
+        for name, task in self.tasks.items():
+            head = None if self.heads is None else self.heads[name]
+            loss[name], acc[name] = self.evaluator.loss_and_score(task, self.split, params=state, head=head,
+                                                                  precision=self.precision)
         return {"loss": loss, "accuracy": acc, "mean_loss": float(np.mean(list(loss.values()))),
                 "mean_accuracy": float(np.mean(list(acc.values())))}
 
@@ -85,32 +86,6 @@ def zoo_scorer(zoo, tasks: list[str] | None = None, evaluator: Evaluator | None 
                            {t: heads[t] for t in tasks},
                            examples=examples if examples is not None else zoo.profile.search_examples,
                            precision=precision)
-
-
-PRECISIONS = ("float32", "bfloat16", "auto")
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether bfloat16 matmuls run natively: a CUDA GPU that supports them, or a CPU with AVX512-BF16 / AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """``"auto"`` is bfloat16 autocast where the hardware runs it natively (2-3× faster forwards on a
-    Zen 4 CPU, measured), else float32. Landscapes are pictures: bfloat16's ~3 significant digits are enough,
-    and every point of one scorer is scored the same way."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision={precision!r}; fix: use one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        return "bfloat16" if bf16_is_fast(device) else "float32"
-    return precision
 
 
 def float_names(state: StateDict) -> list[str]:

@@ -28,6 +28,7 @@ import torch
 
 from .evaluate import Evaluator
 from .experts import Expert
+from .runtime import pick_device, resolve_precision
 from .tasks import Task
 
 EVAL_SPLITS = ("validation", "test")
@@ -60,11 +61,13 @@ class Scorer(PerThread):
 
     ``heads[task]`` is the head used for that task; ``None`` means the state carries its own head (experts that
     share one label space and were searched or merged head included). ``dev_examples`` cuts each dev split
-    (the smoke profile scores candidates on 60 examples per task; test is never cut).
+    (the smoke profile scores candidates on 60 examples per task; test is never cut). ``precision``: float32,
+    bfloat16 or auto (:func:`fusionkit.runtime.resolve_precision`), the same for every candidate.
     """
 
     def __init__(self, model: Expert, tasks: dict[str, Task], heads: dict[str, dict] | None = None,
-                 max_length: int = 128, batch_size: int = 128, dev_examples: int | None = None, device="auto"):
+                 max_length: int = 128, batch_size: int = 128, dev_examples: int | None = None, device="auto",
+                 precision: str = "float32"):
         for name, task in tasks.items():
             if "validation" not in task.data:
                 raise ValueError(f"task {name!r} has no validation split to search on; fix: give it one "
@@ -73,6 +76,7 @@ class Scorer(PerThread):
         self.tasks = {name: eval_only(task, dev_examples) for name, task in tasks.items()}
         self.heads = heads
         self.max_length, self.batch_size, self.device = max_length, batch_size, device
+        self.precision = resolve_precision(precision, pick_device(device))
         self._local = threading.local()
 
     def evaluator(self) -> Evaluator:
@@ -81,7 +85,7 @@ class Scorer(PerThread):
         if ev is None:
             model, tokenizer = self.model.load()
             ev = Evaluator(model, tokenizer, max_length=self.max_length, batch_size=self.batch_size,
-                           device=self.device)
+                           device=self.device, precision=self.precision)
             self._local.evaluator = ev
         return ev
 

@@ -29,6 +29,35 @@ def pick_device(device: str | torch.device = "auto") -> torch.device:
     return device
 
 
+PRECISIONS = ("float32", "bfloat16", "auto")
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls run natively: a CUDA GPU that supports them, or a CPU with AVX512-BF16 / AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """The precision of scoring forwards: ``"float32"``, ``"bfloat16"`` (autocast), or ``"auto"`` = bfloat16 where
+    the hardware runs it natively (2-3x faster forwards on a Zen 4 CPU, measured), else float32.
+
+    Scores are argmaxes and means over hundreds of examples, so bfloat16's ~3 significant digits in the logits
+    rarely move them; what matters is that every candidate compared in one table is scored the same way.
+    Training and merge statistics (Gram, Fisher) always run in float32."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision={precision!r}; fix: use one of {', '.join(PRECISIONS)}")
+    if precision == "auto":
+        return "bfloat16" if bf16_is_fast(device) else "float32"
+    return precision
+
+
 def quiet_transformers() -> None:
     """Silence per-load progress bars and advisory warnings that flood notebooks and logs."""
     from transformers.utils import logging as hf_logging

@@ -207,12 +207,14 @@ class SearchResult:
 def dfwe(experts: list[Expert], target: Task | dict[str, Task], optimizer: str = "NGOpt", budget: int = 30,
          parametrization: str = "simplex", l1: float = 0.0, num_workers: int = 1, executor=None, seed: int = 0,
          bounds=(-1.5, 1.5), heads: dict | None = None, max_length: int = 128, batch_size: int = 128,
-         dev_examples: int | None = None, callback: Callable[[dict], None] | None = None, quiet: bool = False) -> SearchResult:
+         dev_examples: int | None = None, precision: str = "float32", callback: Callable[[dict], None] | None = None,
+         quiet: bool = False) -> SearchResult:
     """Search interpolation weights of ``experts`` on the dev split of ``target`` with a nevergrad optimiser.
 
     ``target`` is one task, or several (the mean dev score is maximised). Experts that share one label space
     are interpolated whole, heads included; otherwise only bodies are, and each task uses ``heads[task]``
-    (default: the head of the expert trained on it). ``dev_examples`` cuts each dev split. ``callback(entry)`` sees every evaluation (live plots).
+    (default: the head of the expert trained on it). ``dev_examples`` cuts each dev split; ``precision`` is the
+    scoring precision (:class:`~fusionkit.objective.Scorer`). ``callback(entry)`` sees every evaluation (live plots).
     """
     check_experts(experts)
     check_search_options(budget, optimizer)
@@ -233,7 +235,8 @@ def dfwe(experts: list[Expert], target: Task | dict[str, Task], optimizer: str =
         if missing:
             raise SearchError(f"no head for task(s) {missing}; fix: pass heads={{task: head_state}}")
     space = Interpolation(experts, names, experts[0].recipe["base"], experts[0].recipe["labels"], seed)
-    scorer = Scorer(experts[0], tasks, None if shared else heads, max_length, batch_size, dev_examples)
+    scorer = Scorer(experts[0], tasks, None if shared else heads, max_length, batch_size, dev_examples,
+                    precision=precision)
     fn = Candidate(space, scorer)
     param, to_weights = make_parametrization(parametrization, len(experts), bounds, seed)
 

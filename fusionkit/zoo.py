@@ -36,7 +36,7 @@ class Zoo:
     experts: list[Expert]
     train_tasks: dict[str, Task] = field(default_factory=dict)  # expert name -> the data it was tuned on
     base: str = BASE
-    _matrix: dict | None = field(default=None, repr=False)
+    _matrices: dict = field(default_factory=dict, repr=False)  # precision -> matrix
 
     def expert(self, name: str) -> Expert:
         for e in self.experts:
@@ -52,21 +52,25 @@ class Zoo:
                 heads[e.task] = e.body_and_head()[1]
         return heads
 
-    def evaluator(self) -> Evaluator:
+    def evaluator(self, precision: str = "float32") -> Evaluator:
+        """One live model for scoring this zoo's merges (``precision``: see :class:`~fusionkit.evaluate.Evaluator`)."""
         model, tokenizer = self.experts[0].load()
         return Evaluator(model, tokenizer, max_length=self.profile.max_length,
-                         batch_size=self.profile.eval_batch_size)
+                         batch_size=self.profile.eval_batch_size, precision=precision)
 
     def matrix(self, evaluator: Evaluator | None = None, quiet: bool = True) -> dict:
-        """``{expert: {task: {"validation": s, "test": s}}}``, cached beside the experts."""
-        if self._matrix is not None:
-            return self._matrix
+        """``{expert: {task: {"validation": s, "test": s}}}``, cached beside the experts, one per scoring precision
+        (the evaluator's; float32 without one), so it sits in the same table as merges scored the same way."""
+        precision = evaluator.precision if evaluator is not None else "float32"
+        if precision in self._matrices:
+            return self._matrices[precision]
         key = stable_hash([self.name, [e.id for e in self.experts],
                            {t: task.fingerprint() for t, task in self.tasks.items()}])
-        path = cache_dir("zoos") / f"{self.name}-{self.profile.name}-{key}.json"
+        suffix = "" if precision == "float32" else f"-{precision}"
+        path = cache_dir("zoos") / f"{self.name}-{self.profile.name}-{key}{suffix}.json"
         if path.exists():
-            self._matrix = read_json(path)
-            return self._matrix
+            self._matrices[precision] = read_json(path)
+            return self._matrices[precision]
         ev = evaluator or self.evaluator()
         heads = self.heads()
         matrix = {}
@@ -78,7 +82,7 @@ class Zoo:
                 row[t] = {s: round(ev.score(task, s, params=body, head=head), 4) for s in SPLITS}
             matrix[e.name] = row
         write_json(path, matrix)
-        self._matrix = matrix
+        self._matrices[precision] = matrix
         return matrix
 
     def to_dict(self) -> dict:

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from fusionkit.assets import load_base
@@ -57,3 +58,25 @@ def test_ensemble_of_identical_members_equals_member(tiny_bert, toy_task):
     ev = Evaluator(model, tok, max_length=16)
     sd = model.state_dict()
     assert ev.ensemble_score(toy_task, "test", [(sd, None), (sd, None)]) == ev.score(toy_task, "test")
+
+
+def test_bfloat16_precision_is_close_to_float32_and_checked(tiny_bert, toy_task):
+    model, tok = load_base(tiny_bert, labels=toy_task.label_names)
+    exact = Evaluator(model, tok, max_length=16)
+    fast = Evaluator(model, tok, max_length=16, precision="bfloat16")
+    assert (exact.precision, fast.precision) == ("float32", "bfloat16")
+    lo, hi = exact.logits(toy_task, "test"), fast.logits(toy_task, "test")
+    assert hi.dtype == torch.float32 and not torch.equal(lo, hi)  # really ran in bfloat16 ...
+    torch.testing.assert_close(hi, lo, atol=0.05, rtol=0.05)  # ... and stayed close
+    torch.testing.assert_close(exact.logits(toy_task, "test", precision="bfloat16"), hi)  # per-call override
+    assert Evaluator(model, tok, precision="auto").precision in ("float32", "bfloat16")
+    with pytest.raises(ValueError, match="precision='fp8'; fix: use one of float32, bfloat16, auto"):
+        Evaluator(model, tok, precision="fp8")
+
+
+def test_float32_leaves_a_callers_autocast_alone(tiny_bert, toy_task):
+    model, tok = load_base(tiny_bert, labels=toy_task.label_names)
+    ev = Evaluator(model, tok, max_length=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        outer = ev.logits(toy_task, "test")
+    torch.testing.assert_close(outer, ev.logits(toy_task, "test", precision="bfloat16"))

@@ -229,3 +229,14 @@ def test_evolve_bad_input(multi, kwargs, message):
     experts, tasks = multi
     with pytest.raises(SearchError, match=message):
         evolve(experts, tasks, quiet=True, **kwargs)
+
+
+def test_search_scores_in_the_precision_asked_for(shared):
+    experts, task = shared
+    exact = dfwe(experts, task, budget=1, quiet=True)
+    fast = dfwe(experts, task, budget=1, quiet=True, precision="bfloat16")
+    assert exact.scorer.evaluator().precision == "float32" and fast.scorer.evaluator().precision == "bfloat16"
+    assert fast.history[0]["weights"] == exact.history[0]["weights"]
+    assert abs(fast.history[0]["dev"] - exact.history[0]["dev"]) <= 0.1  # the same candidate, scored a bit coarser
+    with pytest.raises(ValueError, match="precision"):
+        dfwe(experts, task, budget=1, quiet=True, precision="half")
