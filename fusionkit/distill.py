@@ -45,7 +45,7 @@ class DistillConfig:
     top_p: float = 0.9
     temperature: float = 1.0
     steps: int = 5  # per continuation
-    lr: float = 5e-5
+    lr: float = 3e-4  # chosen on dev entities from 3e-5 ... 1e-3 (benchmarks/distill_full.py)
     tau: float = 2.0
     reset_optimizer: bool = True  # a fresh AdamW for every continuation, as in the paper
     params: str = "all"  # all | mlp | layers:A-B (inclusive)
@@ -365,14 +365,17 @@ def run(model, tokenizer, entities: list[Entity], facts: list[Probe], cfg: Disti
 
 
 def multi_entity_curve(model, tokenizer, entities: list[Entity], facts: list[Probe], cfg: DistillConfig,
-                       sizes=(1, 2, 5, 10), model_id: str = "") -> list[dict]:
-    """Accuracy and specificity after injecting the first n entities at once, for each n in ``sizes``."""
+                       sizes=(1, 2, 5, 10), model_id: str = "", runner=None) -> list[dict]:
+    """Accuracy and specificity after injecting the first n entities at once, for each n in ``sizes``.
+
+    ``runner`` stands in for :func:`run` (same arguments, a report with ``"results"``): the benchmark passes one
+    that saves each point."""
     rows = []
     for n in sizes:
         if n > len(entities):
             break
-        r = run(model, tokenizer, entities[:n], facts, replace(cfg, limit=None), multi=True, model_id=model_id,
-                finetune=False)
+        r = (runner or run)(model, tokenizer, entities[:n], facts, replace(cfg, limit=None), multi=True,
+                            model_id=model_id, finetune=False)
         d = r["results"]["distill"]
         rows.append({"n_entities": n, **{k: d[k] for k in ("explicit_acc", "implicit_acc", "specificity_acc",
                                                            "specificity_delta", "drift")}})

@@ -151,6 +151,20 @@ def test_multi_entity_run_and_parameter_subsets(model, tok, tmp_path, monkeypatc
         D.select_params(student, "layers:x")
 
 
+def test_multi_entity_curve_goes_through_the_runner_and_stops_at_the_entities_given(model, tok, tmp_path,
+                                                                                    monkeypatch):
+    monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp_path))
+    calls = []
+
+    def runner(*a, **kw):
+        calls.append((len(a[2]), kw["multi"], kw["finetune"]))
+        return D.run(*a, **kw)
+
+    rows = D.multi_entity_curve(model, tok, [entity()], FACTS, cfg(), sizes=(1, 2), runner=runner)
+    assert calls == [(1, True, False)]  # 2 > the one entity given: not run
+    assert [r["n_entities"] for r in rows] == [1] and 0 <= rows[0]["specificity_acc"] <= 1
+
+
 # ------------------------------------------------------------------------------------------- probes
 def test_probe_scores_and_metrics(model, tok):
     scores, lens = candidate_logprobs(model, tok, "the capital city of france is", ["paris", "orsk red"])
