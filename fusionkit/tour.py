@@ -132,7 +132,9 @@ def format_table(rows: list[dict], missing: list[str] | None = None) -> str:
     """The tour's table; ``missing`` (default: planned notebooks absent from ``notebooks/``) ends it."""
     lines = [f"{'notebook':<36} {'seconds':>8}  {'status':<7} key numbers"]
     for r in rows:
-        numbers = ", ".join(f"{k}={v}" for k, v in list(r["record"].items())[:4] if not isinstance(v, (dict, list)))
+        # Only plain numbers make the table (labels like profile and nested results stay in tour.json).
+        scalars = [(k, v) for k, v in r["record"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        numbers = ", ".join(f"{k}={v:.4g}" for k, v in scalars[:4])
         lines.append(f"{r['notebook']:<36} {r['seconds']:>8.1f}  {r['status']:<7} {numbers or r['error']}")
     lines.append(f"{'total':<36} {sum(r['seconds'] for r in rows):>8.1f}")
     missing = missing_notebooks() if missing is None else missing
