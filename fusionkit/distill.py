@@ -249,6 +249,16 @@ def distill(student, targets: list[Target], cfg: DistillConfig, on_probe=None, c
     return _train(student, targets, cfg, lambda m, t: target_kl(m, t, cfg.tau), on_probe, callback, step0)
 
 
+def kl_drop(curve: list[dict], steps: int) -> float:
+    """Mean fall of the KL on a continuation while the student trains on it: KL(first step) − KL(last step).
+
+    The curve runs through many continuations (and entities), so its first and last points are on different
+    text; comparing within each block of ``steps`` steps on one continuation is the like-for-like reading.
+    """
+    blocks = [curve[i:i + steps] for i in range(0, len(curve), steps)]
+    return sum(b[0]["kl"] - b[-1]["kl"] for b in blocks) / len(blocks)
+
+
 def finetune_definition(student, tokenizer, entity: Entity, cfg: DistillConfig) -> list[dict]:
     """The fine-tuning baseline: LM loss on the definition, as many steps (and resets) as distillation takes."""
     ids = torch.tensor([token_ids(tokenizer, entity.definition)], device=next(student.parameters()).device)
@@ -361,7 +371,8 @@ def run(model, tokenizer, entities: list[Entity], facts: list[Probe], cfg: Disti
     del student
     return {"options": {**cfg.to_dict(), "multi": multi, "model": model_id, "entities": [e.name for e in entities]},
             "results": results_from(raw), "curves": curves, "transfer": transfer, "raw": raw,
-            "kl_first": kls[0], "kl_last": kls[-1], "seconds": time.perf_counter() - t0}
+            "kl_first": kls[0], "kl_last": kls[-1], "kl_drop": kl_drop(curves["distill"], cfg.steps),
+            "seconds": time.perf_counter() - t0}
 
 
 def multi_entity_curve(model, tokenizer, entities: list[Entity], facts: list[Probe], cfg: DistillConfig,

@@ -90,6 +90,7 @@ def test_kl_at_step_zero_equals_kl_between_with_and_without_definition(model, to
     assert ref > 1e-4  # the definition really changes the teacher's view
     assert hist[0]["kl"] == pytest.approx(float(ref), rel=1e-5)
     assert hist[-1]["kl"] < hist[0]["kl"]  # and the student moves toward it
+    assert D.kl_drop(hist, 8) == pytest.approx(hist[0]["kl"] - hist[-1]["kl"])
 
 
 def test_after_mention_only_keeps_positions_after_the_name(model, tok):
@@ -128,6 +129,8 @@ def test_run_keeps_the_pristine_copy_and_reports_every_method(model, tok, tmp_pa
     assert rep["results"]["prepend"]["gap_closed"] == pytest.approx(1.0)
     assert D.results_from(rep["raw"]) == rep["results"]  # chunks of a long run combine from their rows
     assert len(rep["curves"]["distill"]) == 2 * 2 * 2  # entities x continuations x steps
+    assert rep["kl_drop"] == pytest.approx(D.kl_drop(rep["curves"]["distill"], 2))  # per continuation, steps=2
+    assert D.kl_drop([{"kl": k} for k in (3.0, 2.0, 5.0, 1.0)], 2) == pytest.approx((1.0 + 4.0) / 2)
     assert seen and all(set(s) <= set(D.CALLBACK_KEYS) for s in seen) and "heldout_kl" in seen[0]
     assert all(len(v) == 3 for v in rep["transfer"].values())
     assert all("orsk" in c.lower() for c in rep["transfer"]["Orsk"])  # the mention is enforced

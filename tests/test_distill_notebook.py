@@ -16,6 +16,7 @@ def test_07_knowledge_distillation(tmp_path):
     for key in ("explicit_acc", "implicit_acc", "specificity"):
         assert all(0.0 <= v <= 1.0 for v in rec[key].values()), key
     assert 0.05 < rec["kl_first"] < 20 and 0 <= rec["kl_last"] < 20  # the definition changes the teacher
+    assert rec["kl_drop"] > 0  # a step on a continuation lowers its KL
     assert 0 < rec["drift"] < 1.0 and 0 < rec["finetune_drift"] < 5.0  # a few small steps: small, nonzero drift
     assert rec["gap_closed"] is not None and -5 < rec["gap_closed"] < 1.5
     assert (tmp_path / "07_knowledge_distillation.html").stat().st_size > 10_000
