@@ -62,6 +62,21 @@ def check_parameters(path: str | Path, parameters: dict) -> None:
         raise ValueError(f"{Path(path).name} has no parameter(s) {unknown}; declared: {sorted(declared)}")
 
 
+def _local_kernel_manager():
+    """A kernel manager whose kernel talks over Unix sockets: nothing listens on a TCP port while a notebook
+    runs, and ipykernel has no plain-text-over-TCP warning to print for each notebook."""
+    from jupyter_client.manager import KernelManager
+    from traitlets import Unicode
+
+    if os.name != "posix":  # Unix sockets only; elsewhere keep jupyter's default (TCP on localhost)
+        return KernelManager
+
+    class LocalKernelManager(KernelManager):
+        transport = Unicode("ipc")
+
+    return LocalKernelManager
+
+
 def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None = None,
                  timeout: int = 1800, html: bool = True) -> dict:
     """Execute one notebook; returns ``{notebook, seconds, status, error, record}``."""
@@ -83,7 +98,7 @@ def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None 
     try:
         papermill.execute_notebook(str(path), str(executed), parameters=parameters, kernel_name="python3",
                                    cwd=str(path.parent), execution_timeout=timeout, progress_bar=False,
-                                   store_widget_state=False)
+                                   store_widget_state=False, kernel_manager_class=_local_kernel_manager())
     except Exception as e:  # a failing notebook is a row in the table, not the end of the tour
         status, error = "failed", f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
     finally:
