@@ -23,9 +23,9 @@ from pathlib import Path
 import torch
 
 from fusionkit import distill as D
-from fusionkit.assets import load_base
-from fusionkit.entities import load_entities, load_facts
-from fusionkit.runtime import quiet_transformers, seed_everything
+from fusionkit.data.assets import load_base
+from fusionkit.distill.entities import load_entities, load_facts
+from fusionkit.core.runtime import quiet_transformers, seed_everything
 
 OUT = Path(__file__).resolve().parent / "README.md"
 MODEL = "smollm2-135m"
@@ -41,7 +41,7 @@ def machine() -> str:
 
 def write_section(text: str, section: str = "full") -> None:
     """Replace one script's section of the results file (the other sections are left as they are)."""
-    from fusionkit.cache import atomic_write_text
+    from fusionkit.core.cache import atomic_write_text
 
     BEGIN, END = f"<!-- distill_{section}:begin -->", f"<!-- distill_{section}:end -->"
     old = OUT.read_text() if OUT.exists() else "# Context distillation benchmarks\n"
@@ -54,7 +54,7 @@ def write_section(text: str, section: str = "full") -> None:
 def cached_run(model, tok, entities, facts, cfg, model_id: str = MODEL, **kw) -> dict:
     """``distill.run``, or its saved ``raw``/``seconds`` if this exact run (settings, entities, options) finished
     before; with ``results`` recomputed from ``raw``."""
-    from fusionkit.cache import cache_dir, read_json, stable_hash, write_json
+    from fusionkit.core.cache import cache_dir, read_json, stable_hash, write_json
 
     key = stable_hash({"cfg": cfg.to_dict(), "entities": [e.name for e in entities], **kw})  # one model here
     path = cache_dir("benchmarks", "distill_full") / f"{key}.json"

@@ -18,9 +18,9 @@ import time
 import torch
 
 from fusionkit import distill as D
-from fusionkit.assets import load_base
-from fusionkit.entities import load_entities
-from fusionkit.runtime import quiet_transformers, seed_everything
+from fusionkit.data.assets import load_base
+from fusionkit.distill.entities import load_entities
+from fusionkit.core.runtime import quiet_transformers, seed_everything
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent))
 from distill_full import machine, write_section  # noqa: E402

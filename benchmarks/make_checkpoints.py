@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 import fusionkit as fk
-from fusionkit.assets import base_path
-from fusionkit.fuse import base_state
+from fusionkit.data.assets import base_path
+from fusionkit.models.heads import base_state
 
 
 def minilm(out: Path) -> None:

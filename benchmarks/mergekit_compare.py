@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from fusionkit.export import to_yaml
+from fusionkit.merging.export import to_yaml
 
 RUNNER = ("import resource, subprocess, sys, time; t = time.perf_counter(); "
           "r = subprocess.run(sys.argv[1:], capture_output=True, text=True); "
@@ -66,7 +66,7 @@ def mergekit_yaml(method: str, experts: list[Path], base: Path) -> str:
 def fusionkit_cmd(method: str, experts: list[Path], base: Path, out: Path) -> list[str]:
     name, opts, _, _ = METHODS[method]
     inputs = experts[:2] if method == "slerp" else experts
-    code = ("import sys, json; from fusionkit.merge import merge_files; "
+    code = ("import sys, json; from fusionkit.merging.merge import merge_files; "
             "a = json.loads(sys.argv[1]); merge_files(a['m'], a['e'], a['o'], base=a['b'], **a['opts'])")
     args = {"m": name, "e": [str(weights_file(p)) for p in inputs], "o": str(out),
             "b": str(weights_file(base)) if name not in ("average", "slerp") else None, "opts": opts}
@@ -76,7 +76,7 @@ def fusionkit_cmd(method: str, experts: list[Path], base: Path, out: Path) -> li
 def in_memory_cmd(method: str, experts: list[Path], base: Path, out: Path) -> list[str]:
     """The same merge with every input loaded whole first (what streaming avoids)."""
     cmd = fusionkit_cmd(method, experts, base, out)
-    cmd[2] = ("import sys, json; from safetensors.torch import load_file, save_file; from fusionkit.merge import merge; "
+    cmd[2] = ("import sys, json; from safetensors.torch import load_file, save_file; from fusionkit.merging.merge import merge; "
               "a = json.loads(sys.argv[1]); e = [load_file(p) for p in a['e']]; "
               "b = load_file(a['b']) if a['b'] else None; save_file(merge(a['m'], e, base=b, **a['opts']), a['o'])")
     return cmd

@@ -44,9 +44,9 @@ def main() -> None:
     args = ap.parse_args()
 
     import fusionkit as fk
-    from fusionkit.evaluate import Evaluator
-    from fusionkit.search import Candidate, Interpolation
-    from fusionkit.objective import Scorer
+    from fusionkit.models.evaluator import Evaluator
+    from fusionkit.search.interpolation import Candidate, Interpolation
+    from fusionkit.models.scorer import Scorer
 
     zoo = fk.build_zoo("transfer", args.profile, quiet=True)
     P = zoo.profile

@@ -1,25 +1,89 @@
 """fusionkit: explore knowledge fusion of language models - merging in weight space and distillation.
 
-The public API below is the contract the notebooks rely on; modules are layered as in
-``shared/design/architecture.md`` (get -> make -> measure -> fuse -> show).
+``import fusionkit as fk`` is the public API the notebooks and the README rely on. Names load lazily (PEP 562):
+``import fusionkit`` costs nothing, and ``fk.build_zoo`` imports the models layer only when first used.
+
+The package's layers (imports only go downward; ``docs/architecture.md`` draws them)::
+
+    cli, tour                      run the kit from a shell / execute the notebooks
+    viz       plots, widgets       show
+    search    dfwe, evolver        fuse by searching on dev data      distill   context distillation
+    merging   registry, methods/, merge, statistics, zoo_merge, landscape, export      combine weights
+    models    experts, training, zoo, heads, evaluator, scorer                          make and measure
+    data      assets, tasks                                                             get
+    core      cache, runtime, profiles, errors, lazy, versioning
 """
-__version__ = "0.1.0"
+from __future__ import annotations
 
-from .assets import AssetError, list_assets, load_base  # noqa: E402
-from .cache import cache_dir  # noqa: E402
-from .entities import load_entities, load_facts  # noqa: E402
-from .evaluate import Evaluator, evaluate  # noqa: E402
-from .experts import Expert, finetune  # noqa: E402
-from .landscape import evaluate_grid, plane_through, random_plane, zoo_scorer  # noqa: E402
-from .profiles import PROFILES, Profile, get_profile  # noqa: E402
-from .runtime import pick_device, seed_everything, setup  # noqa: E402
-from .tasks import BUNDLED as BUNDLED_TASKS, Task, TaskError, load_task, task_from  # noqa: E402
-from .tour import record  # noqa: E402
-from .zoo import ZOOS, Zoo, build_zoo  # noqa: E402
+import importlib
 
-__all__ = [
-    "AssetError", "list_assets", "load_base", "cache_dir", "load_entities", "load_facts", "Evaluator", "evaluate",
-    "Expert", "finetune", "evaluate_grid", "plane_through", "random_plane", "zoo_scorer",
-    "PROFILES", "Profile", "get_profile", "pick_device", "seed_everything", "setup", "BUNDLED_TASKS", "Task",
-    "TaskError", "load_task", "task_from", "record", "ZOOS", "Zoo", "build_zoo",
-]
+from ._version import __version__
+
+# public name -> "module" (the module itself) or "module:attribute"
+_API = {
+    # core
+    "setup": "core.runtime:setup", "seed_everything": "core.runtime:seed_everything",
+    "pick_device": "core.runtime:pick_device", "cache_dir": "core.cache:cache_dir",
+    "PROFILES": "core.profiles:PROFILES", "Profile": "core.profiles:Profile", "get_profile": "core.profiles:get_profile",
+    "FusionkitError": "core.errors:FusionkitError", "AssetError": "core.errors:AssetError",
+    "TaskError": "core.errors:TaskError", "MergeError": "core.errors:MergeError",
+    "SearchError": "core.errors:SearchError", "DistillError": "core.errors:DistillError",
+    "CacheError": "core.errors:CacheError",
+    # data
+    "list_assets": "data.assets:list_assets", "load_base": "data.assets:load_base",
+    "BUNDLED_TASKS": "data.tasks:BUNDLED", "Task": "data.tasks:Task", "load_task": "data.tasks:load_task",
+    "task_from": "data.tasks:task_from",
+    # models
+    "Expert": "models.experts:Expert", "finetune": "models.training:finetune",
+    "Evaluator": "models.evaluator:Evaluator", "evaluate": "models.evaluator:evaluate", "Scorer": "models.scorer:Scorer",
+    "ZOOS": "models.zoo:ZOOS", "Zoo": "models.zoo:Zoo", "build_zoo": "models.zoo:build_zoo",
+    "zoo_scorer": "models.zoo:zoo_scorer", "home_classes": "models.zoo:home_classes",
+    "split_head": "models.heads:split_head", "base_state": "models.heads:base_state",
+    "head_policy": "models.heads:head_policy", "task_heads": "models.heads:task_heads",
+    # merging
+    "merge": "merging.merge:merge", "merge_files": "merging.merge:merge_files",
+    "METHODS": "merging.registry:METHODS", "describe_methods": "merging.registry:describe_methods",
+    "Merged": "merging.zoo_merge:Merged", "merge_experts": "merging.zoo_merge:merge_experts",
+    "merge_zoo": "merging.zoo_merge:merge_zoo", "merge_report": "merging.zoo_merge:merge_report",
+    "score_merged": "merging.zoo_merge:score_merged", "ensemble_scores": "merging.zoo_merge:ensemble_scores",
+    "compare": "merging.zoo_merge:compare", "sweep": "merging.zoo_merge:sweep",
+    "mean_score": "merging.zoo_merge:mean_score", "greedy_soup": "merging.methods.soups:greedy_soup",
+    "regression_loss": "merging.methods.regmean:regression_loss",
+    "expert_stats": "merging.statistics:expert_stats", "ParamFilter": "merging.statedict:ParamFilter",
+    "task_vector": "merging.statedict:task_vector", "cosine_matrix": "merging.analysis:cosine_matrix",
+    "sign_conflicts": "merging.analysis:sign_conflicts", "layer_of": "merging.analysis:layer_of",
+    "save_merged": "merging.export:save_merged",
+    # landscapes
+    "path": "merging.landscape:path", "lerp": "merging.landscape:lerp", "barrier": "merging.landscape:barrier",
+    "float_names": "merging.landscape:float_names", "tensor_angles": "merging.landscape:tensor_angles",
+    "plane_through": "merging.landscape:plane_through", "random_plane": "merging.landscape:random_plane",
+    "evaluate_grid": "merging.landscape:evaluate_grid", "grid_axes": "merging.landscape:grid_axes",
+    "mix": "merging.landscape:mix", "simplex_grid": "merging.landscape:simplex_grid",
+    "simplex_scores": "merging.landscape:simplex_scores",
+    # search
+    "dfwe": "search.dfwe:dfwe", "dfwe_baselines": "search.dfwe:dfwe_baselines", "dfwe_report": "search.dfwe:dfwe_report",
+    "evolve": "search.evolver:evolve", "evolve_report": "search.evolver:evolve_report",
+    "test_scores": "search.protocol:test_scores",
+    # distillation (``fk.distill`` is the whole subpackage: fk.distill.run, fk.distill.settings, ...)
+    "distill": "distill", "load_entities": "distill.entities:load_entities", "load_facts": "distill.entities:load_facts",
+    # show and run
+    "plots": "viz.plots", "widgets": "viz.widgets", "record": "tour:record",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str):
+    target = _API.get(name)
+    if target is None:
+        raise AttributeError(f"module 'fusionkit' has no attribute {name!r}")
+    module, _, attr = target.partition(":")
+    value = importlib.import_module(f"{__name__}.{module}")
+    if attr:
+        value = getattr(value, attr)
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

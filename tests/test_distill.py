@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from fusionkit import distill as D
-from fusionkit.entities import Entity, EntityFormatError, Probe, load_entities, read_entities, strip_span
-from fusionkit.probes import DriftMeter, candidate_logprobs, context_ids, gap_closed, score_probes, summarize
+from fusionkit.distill.entities import Entity, EntityFormatError, Probe, load_entities, read_entities, strip_span
+from fusionkit.distill.probes import DriftMeter, candidate_logprobs, context_ids, gap_closed, score_probes, summarize
 
 WORDS = ("velmora kestrin is a glassblower from the island of orsk who makes blue bowls . she grew up on malta "
          "crete sicily rhodes paris france capital city dog animal barks was born in lives works red green cat "
@@ -233,7 +233,7 @@ def test_malformed_files_name_the_line(tmp_path, bad, message):
 
 
 def test_bundled_entities_if_present():
-    from fusionkit.entities import DATA, load_facts
+    from fusionkit.distill.entities import DATA, load_facts
 
     if not (DATA / "entities.jsonl").exists():
         pytest.fail("fusionkit/data/entities.jsonl is missing")

@@ -1,8 +1,9 @@
 import pytest
 import torch
 
-from fusionkit.assets import load_base
-from fusionkit.evaluate import Evaluator, head_prefixes, split_head
+from fusionkit.data.assets import load_base
+from fusionkit.models.evaluator import Evaluator
+from fusionkit.models.heads import head_prefixes, split_head
 
 
 def test_logits_come_back_in_split_order(tiny_bert, toy_task):
@@ -38,7 +39,7 @@ def test_head_is_everything_outside_the_body(tiny_bert):
 
 
 def test_heads_of_other_sizes_swap_in(tiny_bert, toy_task):
-    from fusionkit.tasks import task_from
+    from fusionkit.data.tasks import task_from
 
     from conftest import toy_frame
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-import fusionkit.experts as experts
-from fusionkit.cache import cache_dir
-from fusionkit.experts import finetune
+import fusionkit.models.training as training
+from fusionkit.core.cache import cache_dir
+from fusionkit.models.training import finetune
 
 FAST = dict(epochs=8, batch_size=16, lr=3e-3, max_length=16)
 
@@ -25,10 +25,10 @@ def test_finetune_learns_stores_and_records_recipe(tiny_bert, toy_task):
 
 def test_asking_again_returns_the_cached_expert_without_training(tiny_bert, toy_task, monkeypatch):
     e1 = finetune(tiny_bert, toy_task, "smoke", quiet=True, **FAST)
-    monkeypatch.setattr("fusionkit.assets.load_base", lambda *a, **k: pytest.fail("trained again"))
+    monkeypatch.setattr("fusionkit.models.training.load_base", lambda *a, **k: pytest.fail("trained again"))
     e2 = finetune(tiny_bert, toy_task, "smoke", quiet=True, **FAST)
     assert e2.path == e1.path
-    assert finetune.__module__ == "fusionkit.experts"
+    assert finetune.__module__ == "fusionkit.models.training"
 
 
 def test_recipe_changes_give_new_experts(tiny_bert, toy_task):
@@ -50,7 +50,7 @@ def test_interrupted_finetune_leaves_nothing_that_looks_finished(tiny_bert, toy_
     def boom(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(experts, "Evaluator", boom)  # dies after training, while the expert is being written
+    monkeypatch.setattr(training, "Evaluator", boom)  # dies after training, while the expert is being written
     with pytest.raises(KeyboardInterrupt):
         finetune(tiny_bert, toy_task, "smoke", quiet=True, **FAST)
     assert list(cache_dir("experts").iterdir()) == []
@@ -59,7 +59,7 @@ def test_interrupted_finetune_leaves_nothing_that_looks_finished(tiny_bert, toy_
 def test_init_from_expert_keeps_body_and_gets_fresh_head(tiny_bert, toy_task):
     import torch
 
-    from fusionkit.tasks import task_from
+    from fusionkit.data.tasks import task_from
     from conftest import toy_frame
 
     src = finetune(tiny_bert, toy_task, "smoke", quiet=True, **{**FAST, "epochs": 1})

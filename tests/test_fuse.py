@@ -5,14 +5,14 @@ import pytest
 import torch
 
 from conftest import toy_frame
-from fusionkit.evaluate import Evaluator
-from fusionkit.experts import finetune
-from fusionkit.export import mergekit_config, save_merged, to_yaml
-from fusionkit.fuse import ensemble_scores, merge_zoo, score_merged
-from fusionkit.merge import MergeError
-from fusionkit.profiles import get_profile
-from fusionkit.tasks import task_from
-from fusionkit.zoo import Zoo
+from fusionkit.models.evaluator import Evaluator
+from fusionkit.models.training import finetune
+from fusionkit.merging.export import mergekit_config, save_merged, to_yaml
+from fusionkit.merging.zoo_merge import ensemble_scores, merge_zoo, score_merged
+from fusionkit.core.errors import MergeError
+from fusionkit.core.profiles import get_profile
+from fusionkit.data.tasks import task_from
+from fusionkit.models.zoo import Zoo
 
 FAST = dict(epochs=3, batch_size=16, lr=3e-3, max_length=16)
 
@@ -63,7 +63,7 @@ def test_shared_label_space_merges_heads_too(shared_zoo):
 
 
 def test_regmean_measures_once_and_caches(tiny_zoo):
-    from fusionkit.cache import cache_dir
+    from fusionkit.core.cache import cache_dir
 
     merge_zoo("regmean", tiny_zoo, alpha=0.9)
     files = sorted(p.name for e in tiny_zoo.experts for p in cache_dir("stats", e.id).iterdir())
@@ -100,7 +100,7 @@ def test_mergekit_export():
         def __init__(self, n):
             self.path, self.name = f"/m/{n}", n
 
-    from fusionkit.fuse import Merged
+    from fusionkit.merging.zoo_merge import Merged
 
     m = Merged("ties", {"density": 0.3, "lam": 1.0}, {}, {}, False, [E("a"), E("b")])
     cfg = mergekit_config(m, base_path="/m/base")
@@ -127,7 +127,7 @@ def test_experts_of_different_bases_are_refused(tiny_zoo):
 
 
 def test_merge_explorer_slider_changes_the_bars(tiny_zoo):
-    from fusionkit.widgets import merge_explorer
+    from fusionkit.viz.widgets import merge_explorer
 
     ev = evaluator(tiny_zoo)
     ex = merge_explorer(tiny_zoo, "task_arithmetic", ev, {"lam": (0.0, 2.0, 0.1, 0.0)})
@@ -140,14 +140,14 @@ def test_merge_explorer_slider_changes_the_bars(tiny_zoo):
 
 
 def test_sweep_rows(tiny_zoo):
-    from fusionkit.fuse import sweep
+    from fusionkit.merging.zoo_merge import sweep
 
     rows = sweep(tiny_zoo, "task_arithmetic", "lam", [0.0, 1.0], evaluator(tiny_zoo))
     assert [r["lam"] for r in rows] == [0.0, 1.0] and set(rows[0]["scores"]) == {"two", "three"}
 
 
 def test_greedy_soup_only_keeps_experts_that_help_on_dev(shared_zoo):
-    from fusionkit.fuse import greedy_soup
+    from fusionkit.merging.methods.soups import greedy_soup
 
     ev = evaluator(shared_zoo)
     merged, trace = greedy_soup(shared_zoo, ev)

@@ -51,10 +51,17 @@ def _names(specs):
     return sorted(re.split(r"[\s<>=!~\[;]", s.strip(), maxsplit=1)[0].lower().replace("_", "-") for s in specs)
 
 
+CONDA_NAMES = {"pytorch": "torch"}  # conda-forge's name for the same package
+
+
 def _yml_pip_list(path):
+    """The environment's packages as pip names: the conda ones (but python and pip) and the pip section."""
     lines = path.read_text().splitlines()
     start = next(i for i, l in enumerate(lines) if l.strip() == "- pip:")
-    return [l.strip()[2:] for l in lines[start + 1:] if l.strip().startswith("- ")]
+    conda = [l.strip()[2:] for l in lines[:start] if l.startswith("  - ") and not l.strip()[2:].startswith(("python", "pip"))]
+    conda = [re.sub(r"^[\w.-]+", lambda m: CONDA_NAMES.get(m.group(0), m.group(0)), c) for c in conda
+             if not c.startswith("conda-forge")]
+    return conda + [l.strip()[2:] for l in lines[start + 1:] if l.strip().startswith("- ")]
 
 
 def test_environment_files_agree_with_pyproject():

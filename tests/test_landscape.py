@@ -5,10 +5,11 @@ import numpy as np
 import pytest
 import torch
 
-from fusionkit.assets import load_base
-from fusionkit.evaluate import Evaluator, head_prefixes, split_head
-from fusionkit.landscape import (LandscapeScorer, barrier, evaluate_grid, float_names, grid_axes, path,
-                                 plane_through, random_plane)
+from fusionkit.data.assets import load_base
+from fusionkit.models.evaluator import Evaluator
+from fusionkit.models.heads import head_prefixes, split_head
+from fusionkit.models.scorer import Scorer
+from fusionkit.merging.landscape import barrier, evaluate_grid, float_names, grid_axes, path, plane_through, random_plane
 
 
 @pytest.fixture
@@ -23,7 +24,7 @@ def setup(tiny_bert, toy_task):
     c = {k: v + 0.3 * torch.randn(v.shape, generator=gen) * v.std() if v.is_floating_point() and v.numel() > 1
          else v.clone() for k, v in body.items()}
     ev = Evaluator(model, tok, max_length=16)
-    scorer = LandscapeScorer(ev, {"toy": toy_task}, {"toy": head}, examples=24)
+    scorer = Scorer(ev, {"toy": toy_task}, {"toy": head}, measure="both", dev_examples=24)
     return scorer, a, b, c, head
 
 
@@ -32,7 +33,7 @@ def test_path_ends_reproduce_each_model(setup):
     for method in ("linear", "slerp"):
         p = path(scorer, a, b, ts=[-0.5, 0.0, 0.5, 1.0, 1.5], method=method)
         for t, model in ((0.0, a), (1.0, b)):
-            loss, acc = scorer.evaluator.loss_and_score(scorer.tasks["toy"], "validation", params=model, head=head)
+            loss, acc = scorer.evaluator().loss_and_score(scorer.tasks["toy"], "validation", params=model, head=head)
             assert p.at(t)["loss"]["toy"] == pytest.approx(loss, abs=1e-5)
             assert p.at(t)["accuracy"]["toy"] == pytest.approx(acc)
         assert len(p.points) == 5 and p.values("loss")[0] == p.points[0]["mean_loss"]
@@ -42,7 +43,7 @@ def test_path_ends_reproduce_each_model(setup):
 def test_linear_and_slerp_paths_differ_in_the_middle(setup):
     scorer, a, b, _, _ = setup
     names = float_names(a)
-    from fusionkit.landscape import lerp, slerp_states
+    from fusionkit.merging.landscape import lerp, slerp_states
 
     mid_l, mid_s = lerp(a, b, 0.5, names), slerp_states(a, b, 0.5, names)
     w = "bert.encoder.layer.0.attention.self.query.weight"
@@ -69,7 +70,7 @@ def test_barrier_definitions():
 def test_plane_basis_is_orthonormal_and_models_land_on_their_coordinates(setup):
     _, a, b, c, _ = setup
     plane = plane_through(a, b, c, labels=("a", "b", "c"))
-    from fusionkit.landscape import dot
+    from fusionkit.merging.landscape import dot
 
     n = plane.names
     assert dot(plane.u, plane.u, n) == pytest.approx(1, abs=1e-5)
@@ -128,14 +129,14 @@ def test_grid_scores_every_point_and_its_origin_is_the_model(setup):
     assert ys[-1] == pytest.approx(plane.anchors["C"][1])
     grid = evaluate_grid(scorer, plane, [0.0, xs[-1]], [0.0, ys[-1]])
     assert grid.shape == (2, 2) and grid.seconds > 0
-    loss, acc = scorer.evaluator.loss_and_score(scorer.tasks["toy"], "validation", params=a, head=head)
+    loss, acc = scorer.evaluator().loss_and_score(scorer.tasks["toy"], "validation", params=a, head=head)
     assert grid.loss[0, 0] == pytest.approx(loss, abs=1e-5) and grid.per_task["accuracy"]["toy"][0, 0] == acc
     assert np.isfinite(grid.loss).all() and ((0 <= grid.accuracy) & (grid.accuracy <= 1)).all()
 
 
 def test_reinit_fine_tune_starts_elsewhere_and_keeps_old_cache_keys(tiny_bert, toy_task):
-    from fusionkit.experts import expert_recipe, finetune
-    from fusionkit.profiles import get_profile
+    from fusionkit.models.training import expert_recipe, finetune
+    from fusionkit.core.profiles import get_profile
 
     fast = dict(epochs=1, batch_size=32, lr=1e-3, max_length=16)
     assert "reinit" not in expert_recipe(tiny_bert, toy_task, get_profile("smoke"), 0, None)  # old keys unchanged
@@ -153,12 +154,12 @@ def test_reinit_fine_tune_starts_elsewhere_and_keeps_old_cache_keys(tiny_bert, t
 
 def test_bfloat16_scoring_is_close_and_precision_is_checked(setup):
     scorer, a, _, _, head = setup
-    fast = LandscapeScorer(scorer.evaluator, {"toy": scorer.tasks["toy"]}, {"toy": head}, precision="bfloat16")
+    fast = Scorer(scorer.evaluator(), {"toy": scorer.tasks["toy"]}, {"toy": head}, measure="both", precision="bfloat16")
     assert fast.precision == "bfloat16"
     assert fast(a)["mean_loss"] == pytest.approx(scorer(a)["mean_loss"], rel=0.05)
-    assert LandscapeScorer(scorer.evaluator, {}, {}, precision="auto").precision in ("float32", "bfloat16")
+    assert Scorer(scorer.evaluator(), {}, {}, measure="both", precision="auto").precision in ("float32", "bfloat16")
     with pytest.raises(ValueError, match="precision"):
-        LandscapeScorer(scorer.evaluator, {}, {}, precision="fp8")
+        Scorer(scorer.evaluator(), {}, {}, measure="both", precision="fp8")
 
 
 def test_sub_path_reuses_points(setup):
@@ -169,7 +170,7 @@ def test_sub_path_reuses_points(setup):
 
 
 def test_permuted_base_computes_the_same_function_from_elsewhere(tiny_bert, toy_task):
-    from fusionkit.experts import finetune, permute_ffn_units
+    from fusionkit.models.training import finetune, permute_ffn_units
 
     model, tok = load_base(tiny_bert, labels=toy_task.label_names)
     ev = Evaluator(model, tok, max_length=16)

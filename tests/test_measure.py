@@ -1,7 +1,7 @@
 import torch
 
-from fusionkit.assets import load_base
-from fusionkit.measure import fisher_stats, gram_stats
+from fusionkit.data.assets import load_base
+from fusionkit.merging.statistics import fisher_stats, gram_stats
 
 
 def test_gram_is_the_mean_outer_product_of_real_tokens_only(tiny_bert, toy_task):

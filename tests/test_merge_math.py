@@ -2,8 +2,11 @@
 import pytest
 import torch
 
-from fusionkit.merge import METHODS, MergeError, dare, disjoint_merge, merge, slerp, trim
-from fusionkit.weights import ParamFilter
+from fusionkit.merging.registry import METHODS
+from fusionkit.core.errors import MergeError
+from fusionkit.merging.ops import dare, disjoint_merge, slerp, trim
+from fusionkit.merging.merge import merge
+from fusionkit.merging.statedict import ParamFilter
 
 
 def rand_state(seed, shapes=None):
@@ -34,7 +37,10 @@ def inputs(method, n=3):
     return experts, base, stats
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
+TENSOR_METHODS = sorted(m for m, spec in METHODS.items() if spec.level == "tensor")
+
+
+@pytest.mark.parametrize("method", TENSOR_METHODS)
 def test_merging_identical_models_returns_them(method):
     one = rand_state(0)
     n = METHODS[method].n_experts or 3
@@ -202,7 +208,7 @@ def test_bad_input_is_named():
 def test_streamed_file_merge_equals_in_memory(tmp_path):
     from safetensors.torch import load_file, save_file
 
-    from fusionkit.merge import merge_files
+    from fusionkit.merging.merge import merge_files
 
     experts = [rand_state(i) for i in range(3)]
     base = rand_state(99)
@@ -222,7 +228,7 @@ def test_streamed_file_merge_equals_in_memory(tmp_path):
 
 
 def test_writer_refuses_out_of_order_and_leaves_nothing_half_written(tmp_path):
-    from fusionkit.weights import SafetensorsWriter
+    from fusionkit.merging.safetensors_io import SafetensorsWriter
 
     layout = {"a": ("F32", (2,)), "b": ("F32", (3,))}
     with pytest.raises(ValueError, match="layout order"):
@@ -235,7 +241,7 @@ def test_writer_refuses_out_of_order_and_leaves_nothing_half_written(tmp_path):
 
 
 def test_regmean_minimises_its_regression_loss():
-    from fusionkit.merge import regression_loss
+    from fusionkit.merging.methods.regmean import regression_loss
 
     experts, _, stats = inputs("regmean")
     ws = [e["lin.weight"] for e in experts]
@@ -249,7 +255,7 @@ def test_regmean_minimises_its_regression_loss():
 def test_lazy_state_reads_what_safetensors_wrote(tmp_path):
     from safetensors.torch import save_file
 
-    from fusionkit.weights import LazyState
+    from fusionkit.merging.safetensors_io import LazyState
 
     tensors = {"a": torch.randn(3, 4), "b": torch.arange(5), "c": torch.randn(2).to(torch.bfloat16),
                "d": torch.tensor(1.5), "e": torch.zeros(0, 3)}
@@ -258,3 +264,33 @@ def test_lazy_state_reads_what_safetensors_wrote(tmp_path):
     assert set(lazy) == set(tensors) and lazy.metadata() == {"k": "v"} and lazy.shape("a") == (3, 4)
     for k, v in tensors.items():
         assert torch.equal(lazy[k], v) and lazy[k].dtype == v.dtype
+
+
+def test_options_and_defaults_come_from_the_signature():
+    """Each option's default is written once, in the method's signature; the registry reads it from there."""
+    import inspect
+
+    for name, spec in METHODS.items():
+        params = {k: p.default for k, p in inspect.signature(spec.fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        assert params == {k: o.default for k, o in spec.options.items()}, name
+        assert spec.reference.startswith("https://") and spec.summary, name
+    assert METHODS["ties"].options["lam"].default == 1.0 and METHODS["task_arithmetic"].options["lam"].default == 0.4
+
+
+def test_registering_a_method_without_documented_options_fails():
+    from fusionkit.merging.registry import option, register
+
+    with pytest.raises(TypeError, match="must match the documented options"):
+        @register("undocumented", "x", reference="https://example.org")
+        def _m(tensors, base, w, ctx, *, k=1):
+            return tensors[0]
+    with pytest.raises(TypeError, match="each with a default"):
+        @register("no_default", "x", reference="https://example.org", k=option("k"))
+        def _n(tensors, base, w, ctx, *, k):
+            return tensors[0]
+    assert "undocumented" not in METHODS and "no_default" not in METHODS
+
+
+def test_a_zoo_level_method_refuses_to_merge_tensors():
+    with pytest.raises(MergeError, match="greedy_soup merges a whole zoo"):
+        merge("greedy_soup", [rand_state(0), rand_state(1)])

@@ -7,13 +7,15 @@ import torch
 
 import conftest
 from conftest import toy_frame
-from fusionkit.evolve import crossover, evolve, mutate
-from fusionkit.experts import finetune
-from fusionkit.fuse import merge_experts
-from fusionkit.merge import MergeError
-from fusionkit.objective import Scorer
-from fusionkit.search import SearchError, dfwe, to_merged
-from fusionkit.tasks import task_from
+from fusionkit.search.evolver import crossover, evolve, mutate
+from fusionkit.models.training import finetune
+from fusionkit.merging.zoo_merge import merge_experts
+from fusionkit.core.errors import MergeError
+from fusionkit.models.scorer import Scorer
+from fusionkit.core.errors import SearchError
+from fusionkit.search.dfwe import dfwe
+from fusionkit.search.protocol import to_merged
+from fusionkit.data.tasks import task_from
 
 FAST = dict(epochs=6, batch_size=16, lr=5e-3, max_length=16)
 
@@ -146,7 +148,7 @@ def test_scorer_pickles_light_and_rebuilds_its_model(shared):
 
 
 def test_best_saves_like_a_merge(shared, tmp_path):
-    from fusionkit.export import save_merged
+    from fusionkit.merging.export import save_merged
 
     experts, task = shared
     res = dfwe(experts, task, budget=3, quiet=True)

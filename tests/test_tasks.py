@@ -3,7 +3,8 @@ import pandas as pd
 import pytest
 
 from conftest import toy_frame
-from fusionkit.tasks import TaskError, load_task, read_orange_tab, task_from
+from fusionkit.core.errors import TaskError
+from fusionkit.data.tasks import load_task, read_orange_tab, task_from
 
 
 def test_task_from_dataframe_carves_stratified_deterministic_splits():
@@ -44,7 +45,7 @@ def test_unknown_label_and_bad_input():
 
 
 def test_unknown_task_offline_fails_fast(monkeypatch):
-    import fusionkit.tasks as tasks
+    import fusionkit.data.tasks as tasks
 
     monkeypatch.setattr(tasks, "hub_reachable", lambda: False)
     with pytest.raises(TaskError, match="not bundled .*sentiment.*task_from"):

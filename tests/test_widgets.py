@@ -3,8 +3,8 @@ import pytest
 
 from conftest import toy_frame
 from fusionkit import plots
-from fusionkit.tasks import task_from
-from fusionkit.widgets import task_explorer
+from fusionkit.data.tasks import task_from
+from fusionkit.viz.widgets import task_explorer
 
 
 def test_task_explorer_updates_its_figure():
@@ -31,7 +31,7 @@ def test_heatmap_marks_gain_over_chance():
 
 
 def test_live_search_and_evolution_plots_grow_with_each_callback():
-    from fusionkit.widgets import LiveEvolution, LiveSearch
+    from fusionkit.viz.widgets import LiveEvolution, LiveSearch
 
     live = LiveSearch()
     a, b = live.track("NGOpt"), live.track("CMA")
@@ -47,7 +47,7 @@ def test_live_search_and_evolution_plots_grow_with_each_callback():
 
 
 def test_kl_dashboard_adds_points_only_for_logged_keys():
-    from fusionkit.widgets import KLDashboard
+    from fusionkit.viz.widgets import KLDashboard
 
     dash = KLDashboard()
     dash.update({"step": 0, "kl": 1.5, "explicit_acc": 0.2})
@@ -62,7 +62,7 @@ def test_kl_dashboard_adds_points_only_for_logged_keys():
 
 
 def test_live_search_shows_a_plotting_error_instead_of_ending_the_search():
-    from fusionkit.widgets import LiveSearch
+    from fusionkit.viz.widgets import LiveSearch
 
     live = LiveSearch()
     cb = live.track("NGOpt")
@@ -72,7 +72,7 @@ def test_live_search_shows_a_plotting_error_instead_of_ending_the_search():
 
 
 def _fake_path(method, shift):
-    from fusionkit.landscape import Path
+    from fusionkit.merging.landscape import Path
 
     ts = [-0.5, 0.0, 0.5, 1.0, 1.5]
     points = [{"loss": {"a": 1 + t * t, "b": 2 - t}, "accuracy": {"a": 0.9 - 0.2 * t + shift, "b": 0.5 + 0.2 * t},
@@ -81,7 +81,7 @@ def _fake_path(method, shift):
 
 
 def test_interpolation_slider_moves_its_markers_and_shows_live_points():
-    from fusionkit.widgets import interpolation_slider
+    from fusionkit.viz.widgets import interpolation_slider
 
     paths = {"linear": _fake_path("linear", 0.0), "slerp": _fake_path("slerp", 0.05)}
     ex = interpolation_slider(paths, t=0.5)
@@ -106,17 +106,20 @@ def test_interpolation_slider_moves_its_markers_and_shows_live_points():
 def test_simplex_picker_scores_the_mix_of_three_models(tiny_bert, toy_task):
     import torch
 
-    from fusionkit.assets import load_base
-    from fusionkit.evaluate import Evaluator, split_head
-    from fusionkit.landscape import LandscapeScorer, mix
-    from fusionkit.widgets import simplex_picker
+    from fusionkit.data.assets import load_base
+    from fusionkit.models.evaluator import Evaluator
+    from fusionkit.models.heads import split_head
+    from fusionkit.models.scorer import Scorer
+    from fusionkit.merging.landscape import mix
+    from fusionkit.viz.widgets import simplex_picker
 
     model, tok = load_base(tiny_bert, labels=toy_task.label_names)
     body, head = split_head(model.state_dict(), ("classifier",))
     gen = torch.Generator().manual_seed(0)
     states = {f"m{i}": {k: v + i * 0.5 * torch.randn(v.shape, generator=gen) * v.std() if v.numel() > 1 else v
                         for k, v in body.items()} for i in range(3)}
-    scorer = LandscapeScorer(Evaluator(model, tok, max_length=16), {"toy": toy_task}, {"toy": head}, examples=24)
+    scorer = Scorer(Evaluator(model, tok, max_length=16), {"toy": toy_task}, {"toy": head}, measure="both",
+                    dev_examples=24)
     ex = simplex_picker(states, scorer)
     assert len(ex.figure.data[0].a) == 1 and list(ex.figure.data[1].a) == pytest.approx([1 / 3])
     ex.controls["m0"].value = 1.0
@@ -131,13 +134,13 @@ def test_simplex_picker_scores_the_mix_of_three_models(tiny_bert, toy_task):
 
 
 def test_method_comparer_lists_registered_methods_and_rebuilds_options(tiny_bert):
-    from fusionkit.evaluate import Evaluator
-    from fusionkit.experts import finetune
-    from fusionkit.fuse import merge_zoo, score_merged
-    from fusionkit.merge import METHODS
-    from fusionkit.profiles import get_profile
-    from fusionkit.widgets import method_comparer
-    from fusionkit.zoo import Zoo
+    from fusionkit.models.evaluator import Evaluator
+    from fusionkit.models.training import finetune
+    from fusionkit.merging.zoo_merge import merge_zoo, score_merged
+    from fusionkit.merging.registry import METHODS
+    from fusionkit.core.profiles import get_profile
+    from fusionkit.viz.widgets import method_comparer
+    from fusionkit.models.zoo import Zoo
 
     two = task_from(toy_frame(120), name="two")
     df = toy_frame(120, seed=1)

@@ -1,6 +1,6 @@
 import numpy as np
 
-from fusionkit.zoo import label_skewed_partitions
+from fusionkit.models.zoo import label_skewed_partitions
 
 
 def test_partitions_cover_everything_once_and_are_skewed():

@@ -1,0 +1,48 @@
+"""The kit's errors: one base class, one subclass per area.
+
+Every error a user can cause (bad input, a missing asset, an impossible option) is a :class:`FusionkitError`
+whose message names the problem and the fix. The command line prints these as one line; any other exception
+is a bug and keeps its traceback. ``FusionkitError`` is a ``ValueError``, so code that caught ``ValueError``
+before still catches it.
+"""
+from __future__ import annotations
+
+
+class FusionkitError(ValueError):
+    """Bad input or an impossible request; the message says what to change."""
+
+
+class CacheError(FusionkitError):
+    """The cache folder cannot be used, or an artefact in it is damaged."""
+
+
+class OutputExistsError(FusionkitError, FileExistsError):
+    """A destination the user named already exists (nothing a user made is overwritten unless asked)."""
+
+
+class DeviceError(FusionkitError):
+    """A device or precision that this machine cannot provide."""
+
+
+class AssetError(FusionkitError):
+    """A base model or corpus cannot be fetched, verified or found."""
+
+
+class TaskError(FusionkitError):
+    """A task cannot be built from the given data."""
+
+
+class MergeError(FusionkitError):
+    """A merge cannot run with the given inputs or options."""
+
+
+class SearchError(FusionkitError):
+    """A search (DFWE, Evolver) cannot run with the given inputs or options."""
+
+
+class DistillError(FusionkitError):
+    """Entities, probes or a distillation run cannot be used as given."""
+
+
+class EntityFormatError(DistillError):
+    """A line of an entities file does not follow the Entity Inferences format (the message names file:line)."""

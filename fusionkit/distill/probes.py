@@ -1,0 +1,148 @@
+"""Multiple-choice probes for a causal LM, and the numbers that say whether an edit helped or hurt.
+
+* **Probe score** (Onoe et al. 2023; Padmanabhan et al. 2023): for a prefix x and candidates y_1..y_K,
+  s_k = Σ_j log p(y_k,j | x, y_k,<j); the prediction is argmax_k s_k. Accuracy is split explicit / implicit.
+  The gold candidate's log-prob s_gold and its per-token NLL (-s_gold / |y_gold|, ECBD-style) are kept too.
+* **Prepend** scores the same probes with the definition d in front: [d; x] (the upper bound, no training).
+* **Specificity**: the same scores on probes the edit should not touch (other entities, well-known facts),
+  before vs after.
+* **Drift**: mean over tokens of KL(p_base ‖ p_edited) on neutral text; 0 means the edit changed nothing there.
+* **Gap closed** = (NLL_pre - NLL_post) / (NLL_pre - NLL_prepend): 1 = as good as reading the definition.
+
+``context_ids`` is the one place where a context is joined to a text: the distillation teacher and the prepend
+baseline both use it, so their token positions are the same by construction.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..core.errors import DistillError
+from .entities import Probe
+
+NEUTRAL_TEXTS = (
+    "The weather was mild for most of the week, with light rain on Thursday afternoon.",
+    "She opened the window, poured a cup of tea and started reading the morning paper.",
+    "The committee will meet again next month to review the budget for the new library.",
+    "Water boils at a lower temperature at high altitude because the air pressure is lower.",
+    "He parked the car near the station and walked the rest of the way to the office.",
+    "Most of the apples in the orchard were picked before the first frost of the year.",
+    "The museum is open every day except Monday, and entry is free for children.",
+    "After dinner they played cards and talked about their plans for the summer holidays.",
+)
+
+
+def check_tokenizer(tokenizer) -> None:
+    """Batched scoring pads candidates; a tokenizer without a pad token cannot do that."""
+    if tokenizer.pad_token_id is None:
+        raise DistillError("the tokenizer has no pad token; fix: set tokenizer.pad_token = tokenizer.eos_token "
+                         "(fusionkit.load_base does this for causal models)")
+
+
+def token_ids(tokenizer, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def context_ids(tokenizer, context: str, text: str) -> tuple[list[int], list[int]]:
+    """``(ids of the context, ids of the text)``, tokenized apart so the text's tokens are the same with or
+    without a context in front; an empty context gives no tokens at all."""
+    ctx = token_ids(tokenizer, context.strip()) if context and context.strip() else []
+    return ctx, token_ids(tokenizer, (" " + text.lstrip()) if ctx else text)
+
+
+def _device(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def candidate_logprobs(model, tokenizer, prefix: str, candidates, context: str = "") -> tuple[torch.Tensor, list[int]]:
+    """Sum of log p(candidate tokens | [context;] prefix) per candidate, and each candidate's token count."""
+    check_tokenizer(tokenizer)
+    ctx, pre = context_ids(tokenizer, context, prefix)
+    pre = ctx + pre
+    if not pre:  # an answer slot at the very start: condition on the end-of-text token
+        pre = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id]
+    cands = [token_ids(tokenizer, " " + c) for c in candidates]
+    seqs = [pre + c for c in cands]
+    width = max(map(len, seqs))
+    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    dev = _device(model)
+    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
+    logp = F.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(dev)).squeeze(-1).cpu()
+    # Position t predicts token t+1: candidate tokens sit at len(pre)..len(pre)+len(c)-1.
+    pos = torch.arange(width - 1)[None]
+    lens = torch.tensor([len(c) for c in cands])[:, None]
+    keep = (pos >= len(pre) - 1) & (pos < len(pre) - 1 + lens)
+    return (logp * keep).sum(1), [len(c) for c in cands]
+
+
+def score_probes(model, tokenizer, probes: list[Probe], contexts: dict[str, str] | None = None) -> list[dict]:
+    """One row per probe: prediction, correctness, the gold log-prob and per-token NLL.
+
+    ``contexts`` maps an entity name to a text put in front of its probes (the prepend baseline).
+    """
+    was_training = model.training
+    model.eval()
+    rows = []
+    for p in probes:
+        ctx = (contexts or {}).get(p.entity, "")
+        scores, lens = candidate_logprobs(model, tokenizer, p.prefix, p.candidates, ctx)
+        g = p.gold_index
+        pred = int(scores.argmax())
+        rows.append({"ex_id": p.ex_id, "entity": p.entity, "probe_type": p.probe_type, "pred": p.candidates[pred],
+                     "correct": pred == g, "gold_logprob": float(scores[g]), "gold_nll": -float(scores[g]) / lens[g]})
+    model.train(was_training)
+    return rows
+
+
+def _mean(xs) -> float | None:
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else None
+
+
+def summarize(rows: list[dict]) -> dict:
+    """Accuracy (all / explicit / implicit), mean gold log-prob and mean per-probe gold NLL."""
+    return {"acc": _mean(float(r["correct"]) for r in rows),
+            "explicit_acc": _mean(float(r["correct"]) for r in rows if r["probe_type"] == "explicit"),
+            "implicit_acc": _mean(float(r["correct"]) for r in rows if r["probe_type"] == "implicit"),
+            "gold_logprob": _mean(r["gold_logprob"] for r in rows),
+            "gold_nll": _mean(r["gold_nll"] for r in rows), "n": len(rows)}
+
+
+def chance(probes: list[Probe]) -> float:
+    """Expected accuracy of a uniform guess: mean of 1/K."""
+    return _mean(1 / len(p.candidates) for p in probes) or 0.0
+
+
+def gap_closed(pre: float, post: float, prepend: float) -> float | None:
+    """(pre - post) / (pre - prepend) on gold NLL; None when reading the definition does not help at all."""
+    gap = pre - prepend
+    return None if abs(gap) < 1e-9 or any(map(math.isnan, (pre, post, prepend))) else (pre - post) / gap
+
+
+class DriftMeter:
+    """KL(base ‖ model) per token on fixed neutral texts; the base distributions are computed once."""
+
+    def __init__(self, base, tokenizer, texts=NEUTRAL_TEXTS):
+        self.ids = [torch.tensor([token_ids(tokenizer, t)]) for t in texts]
+        self.base = [self._logp(base, ids) for ids in self.ids]
+
+    @staticmethod
+    @torch.no_grad()
+    def _logp(model, ids):
+        was_training = model.training
+        model.eval()
+        out = F.log_softmax(model(input_ids=ids.to(_device(model))).logits.float()[0], -1).cpu()
+        model.train(was_training)
+        return out
+
+    def __call__(self, model) -> float:
+        kls = [F.kl_div(self._logp(model, ids), b, log_target=True, reduction="none").sum(-1).mean()
+               for ids, b in zip(self.ids, self.base)]
+        return float(torch.stack(kls).mean())

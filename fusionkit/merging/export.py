@@ -1,0 +1,107 @@
+"""Writing a merged model: folders plain transformers loads, a recipe beside them, and a mergekit config.
+
+* Shared heads: one ``save_pretrained`` folder. Different heads: one folder per task (``out/<task>/``), each
+  the merged body with that task's head, so ``AutoModelForSequenceClassification.from_pretrained`` works as is.
+* ``recipe.json``: method, resolved options, inputs (expert ids, tasks and sha256 of their weights), notes,
+  package versions.
+* ``mergekit.yml`` where mergekit has the same method, so a merge found on small models can be repeated on large
+  ones (``mergekit-yaml mergekit.yml OUT``). Fisher and RegMean have no mergekit counterpart.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ..core.cache import atomic_dir, sha256_file, write_json
+from ..core.errors import MergeError
+from ..core.versioning import package_versions
+from .zoo_merge import Merged
+
+# fusionkit method -> mergekit merge_method (DARE depends on what follows the drop).
+MERGEKIT = {"average": "linear", "task_arithmetic": "task_arithmetic", "ties": "ties", "slerp": "slerp"}
+
+
+def mergekit_config(merged: Merged, base_path: str | None = None) -> dict | None:
+    """A mergekit config with the same semantics, or None where mergekit has no such method.
+
+    Mapping: θ₀ + λΣwᵢτᵢ is mergekit's task_arithmetic with weight λwᵢ (normalize off); TIES with weight wᵢ,
+    density and normalize on (the disjoint mean) and ``lambda``; DARE maps to dare_linear / dare_ties with
+    density = 1 − p (mergekit rescales survivors by 1/density, the paper's rule - the L1 variant has no
+    counterpart). Coefficients must be one list for all tensors to export.
+    """
+    method, o = merged.method, merged.options
+    if method == "dare":
+        if o["rescale"] != "inverse":
+            return None
+        name = "dare_ties" if o["then"] == "ties" else "dare_linear"
+    elif method in MERGEKIT:
+        name = MERGEKIT[method]
+    else:
+        return None
+    if isinstance(merged.weights, dict):
+        return None  # per-tensor coefficients: mergekit takes them as tensor-name filters, not exported here
+    weights = list(merged.weights) if merged.weights is not None else [1.0] * len(merged.experts)
+    models = []
+    for e, w in zip(merged.experts, weights):
+        params = {}
+        if name == "linear":
+            params["weight"] = w
+        elif name == "task_arithmetic":
+            params["weight"] = o["lam"] * w
+        elif name == "ties":
+            params.update(weight=w, density=o["density"])
+        elif name.startswith("dare"):
+            params.update(weight=w, density=round(1 - o["p"], 6))
+        models.append({"model": str(e.path), **({"parameters": params} if params else {})})
+    config = {"merge_method": name, "models": models, "dtype": "float32"}
+    if name == "slerp":
+        config = {"merge_method": "slerp", "base_model": str(merged.experts[0].path),
+                  "models": [{"model": str(e.path)} for e in merged.experts],
+                  "parameters": {"t": o["t"]}, "dtype": "float32"}
+    elif name != "linear":
+        config["base_model"] = base_path
+        config["parameters"] = {"normalize": name in ("ties", "dare_ties"),
+                                **({"lambda": o["lam"]} if name != "task_arithmetic" else {})}
+    else:
+        config["parameters"] = {"normalize": bool(o.get("normalize", True))}
+    return config
+
+
+def to_yaml(config: dict) -> str:
+    """A mergekit config as YAML, keys in the order given (PyYAML's safe dumper)."""
+    return yaml.safe_dump(config, sort_keys=False, allow_unicode=True)
+
+
+def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_labels: dict | None = None,
+                base_path: str | None = None, extra: dict | None = None) -> Path:
+    """Write the merged model(s), ``recipe.json`` and (where possible) ``mergekit.yml`` into ``out``."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    out = Path(out)
+    by_task = {}
+    for e in merged.experts:
+        by_task.setdefault(e.task, e)
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        for task, head in merged.heads.items():
+            source = by_task[task]
+            model = AutoModelForSequenceClassification.from_pretrained(source.path)
+            missing = model.load_state_dict(merged.state_for(task), strict=False)
+            if missing.missing_keys:
+                raise MergeError(f"merged state lacks {missing.missing_keys[:3]}")
+            folder = tmp if merged.heads_merged else tmp / task
+            model.save_pretrained(folder)
+            AutoTokenizer.from_pretrained(source.path).save_pretrained(folder)
+        recipe = {
+            "method": merged.method, "options": merged.options, "weights": merged.weights,
+            "heads": "merged" if merged.heads_merged else "kept per task (one folder per task)",
+            "tasks": list(merged.heads),
+            "inputs": [{"name": e.name, "id": e.id, "task": e.task, "path": str(e.path),
+                        "sha256": sha256_file(e.path / "model.safetensors")} for e in merged.experts],
+            "notes": merged.notes, "seconds": round(merged.seconds, 2), "versions": package_versions(), **(extra or {}),
+        }
+        write_json(tmp / "recipe.json", recipe)
+        config = mergekit_config(merged, base_path)
+        if config is not None:
+            (tmp / "mergekit.yml").write_text(to_yaml(config))
+    return out

@@ -1,0 +1,125 @@
+"""The merge driver: run any registered per-tensor method over whole state dicts or safetensors files.
+
+    merged = merge("ties", experts, base=base, density=0.2, lam=1.0)
+
+``experts`` are state dicts (the bodies, or whole models when the label spaces match); ``base`` is θ₀ where a
+method needs one; ``stats`` are per-expert statistics from a separate measure step
+(:mod:`fusionkit.merging.statistics`: diagonal Fisher, input Gram matrices). Methods are defined *per tensor*
+(:mod:`fusionkit.merging.methods`), so the driver can stream tensors from safetensors one name at a time and
+peak memory stays near one model.
+
+What is merged: the tensors passed in. Callers (:func:`~fusionkit.merging.zoo_merge.merge_zoo`) pass what the
+head policy (:mod:`fusionkit.models.heads`) says: bodies for experts of different tasks, whole models for
+experts that share a label space.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from ..core.errors import MergeError
+from .methods.averaging import average
+from .ops import Coefficients, coefficients_for
+from .registry import get_method
+from .safetensors_io import LazyState, SafetensorsWriter
+from .statedict import ParamFilter, StateDict, check_compatible, check_finite
+
+
+@dataclass
+class MergeResult:
+    state: StateDict
+    method: str
+    options: dict
+    notes: list[str]
+
+
+def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
+          stats: list[dict] | None = None, weights: Coefficients = None, filter: ParamFilter | None = None,
+          names: list[str] | None = None, labels: list[str] | None = None, report: bool = False,
+          sink: Callable[[str, torch.Tensor], None] | None = None, **options) -> StateDict | MergeResult:
+    """Merge ``experts`` tensor by tensor with a registered method.
+
+    Tensors that ``filter`` excludes are copied from ``base`` (or averaged when there is no base); integer
+    buffers (e.g. position ids) are copied from the first expert. ``report=True`` returns a
+    :class:`MergeResult` with the resolved options and any numerical notes (e.g. a ridge fallback).
+    ``sink(name, tensor)``, if given, receives each merged tensor instead of the returned dict (streaming).
+    Experts may be :class:`~fusionkit.merging.safetensors_io.LazyState` views: each tensor is read when it is merged.
+    """
+    m = get_method(method)
+    if m.level != "tensor":
+        raise MergeError(f"{method} merges a whole zoo (it scores candidates on dev data), not tensors; "
+                         "fix: use merge_zoo(method, zoo) or merge_report")
+    opts = m.resolve(options)
+    if len(experts) < 2:
+        raise MergeError(f"{method} needs at least 2 experts, got {len(experts)}")
+    if m.n_experts is not None and len(experts) != m.n_experts:
+        raise MergeError(f"{method} merges exactly {m.n_experts} models, got {len(experts)}")
+    if m.needs_base and base is None:
+        raise MergeError(f"{method} needs the base model θ₀ (task vectors are θᵢ − θ₀); fix: pass base=")
+    if m.stats and stats is None:
+        raise MergeError(f"{method} needs {m.stats} statistics; fix: measure them first "
+                         f"(fusionkit.merging.statistics.{m.stats}_stats) and pass stats=")
+    labels = labels or [f"expert {i}" for i in range(len(experts))]
+    names = list(names if names is not None else experts[0])
+    check_compatible(experts + ([base] if base is not None else []), names, labels + ["base"] * (base is not None))
+    filter = filter or ParamFilter()
+    notes: list[str] = []
+    averaged: list[str] = []  # tensors a statistics-based method had no statistics for
+    out = {}
+    for name in names:
+        tensors = [e[name] for e in experts]
+        for t, label in zip(tensors, labels):
+            check_finite(name, t, label)
+        if not tensors[0].is_floating_point():
+            _emit(out, sink, name, tensors[0].clone())
+            continue
+        b = base[name] if base is not None else None
+        w = coefficients_for(name, weights, len(experts))
+        if not filter(name):
+            merged = b.double() if b is not None else average(tensors, None, w, {})
+        else:
+            ctx = {"name": name, "notes": notes,
+                   "stats": None if stats is None else _stats_for(name, stats, m.stats)}
+            if m.stats and ctx["stats"] is None:
+                averaged.append(name)
+            merged = m.fn(tensors, b, w, ctx, **opts)
+        _emit(out, sink, name, merged.to(tensors[0].dtype))
+    if averaged:
+        notes.append(f"{len(averaged)} tensors had no {m.stats} statistics and were simply averaged "
+                     f"(e.g. {averaged[0]!r})")
+    return MergeResult(out, method, opts, notes) if report else out
+
+
+def _emit(out: dict, sink, name: str, tensor: torch.Tensor) -> None:
+    if sink is None:
+        out[name] = tensor
+    else:
+        sink(name, tensor)
+
+
+def merge_files(method: str, experts: list[str], out: str, base: str | None = None, stats: list[dict] | None = None,
+                **options) -> MergeResult:
+    """Merge safetensors files into a safetensors file, streaming: each tensor is read from every input,
+    merged and written before the next is read, so memory stays near one tensor per input."""
+    states = [LazyState(p) for p in experts]
+    base_state = LazyState(base) if base is not None else None
+    ref = states[0]
+    layout = {n: (ref.dtype_name(n), ref.shape(n)) for n in ref}
+    with SafetensorsWriter(out, layout, metadata={"format": "pt", "merge_method": method}) as writer:
+        return merge(method, states, base=base_state, stats=stats, report=True, sink=writer.write,
+                     labels=[str(p) for p in experts], **options)
+
+
+def _stats_for(name: str, stats: list[dict], kind: str | None):
+    """Per-expert statistics for one tensor: Fisher keyed by parameter, Gram keyed by the linear module."""
+    key = name if kind == "fisher" else name.removesuffix(".weight")
+    if kind == "gram" and not name.endswith(".weight"):
+        return None
+    found = [s.get(key) for s in stats]
+    if all(f is None for f in found):
+        return None
+    if any(f is None for f in found):
+        raise MergeError(f"{kind} statistics for {key!r} exist for some experts but not all; fix: measure them alike")
+    return found

@@ -1,0 +1,17 @@
+"""Every merge method, one file per family, side by side (notation: θ₀ base, θᵢ experts, τᵢ = θᵢ − θ₀,
+wᵢ coefficients). Importing this package registers them all in :mod:`fusionkit.merging.registry`.
+
+* :mod:`.averaging` - weighted average / uniform soup; task arithmetic
+* :mod:`.sparsify`  - TIES (trim, elect, disjoint mean); DARE (drop and rescale, then task arithmetic or TIES)
+* :mod:`.slerp`     - spherical interpolation of two models
+* :mod:`.fisher`    - Fisher-weighted averaging (diagonal Fisher statistics)
+* :mod:`.regmean`   - RegMean's closed form per linear layer (input Gram statistics)
+* :mod:`.soups`     - greedy soup (zoo level: scores its soups on dev data)
+"""
+# Each import registers its family's methods; this order is the order every listing shows.
+from . import averaging  # noqa: F401,I001
+from . import sparsify  # noqa: F401
+from . import slerp  # noqa: F401
+from . import fisher  # noqa: F401
+from . import regmean  # noqa: F401
+from . import soups  # noqa: F401

@@ -1,0 +1,39 @@
+"""Sparsified task vectors: TIES (keep the largest entries, elect a sign, average the agreeing ones) and DARE
+(drop entries at random, rescale the survivors)."""
+from __future__ import annotations
+
+from ...core.lazy import lazy_import
+from ..ops import bcast, dare as dare_drop, disjoint_merge, tensor_generator, trim
+from ..registry import option, register
+
+torch = lazy_import("torch")
+
+
+@register("ties", "TIES: trim to top-density, elect sign, disjoint mean; θ₀ + λτ_M", needs_base=True,
+          reference="https://arxiv.org/abs/2306.01708",
+          density=option("fraction of each task vector kept", lambda v: 0 < v <= 1, "in (0, 1]"),
+          lam=option("scaling λ of the merged task vector"))
+def ties(tensors, base, w, ctx, *, density=0.2, lam=1.0):
+    """TIES-merging (Yadav et al. 2023): (1) trim each τᵢ to its top-``density`` entries by magnitude, (2) elect a
+    sign per entry s = sgn(Σ wᵢτ̂ᵢ), (3) average only the entries that agree with s (disjoint mean), θ = θ₀ + λτ_M."""
+    taus = torch.stack([trim(t.double() - base.double(), density) for t in tensors])
+    return base.double() + lam * disjoint_merge(taus, w)
+
+
+@register("dare", "DARE: random drop p + rescale, then task arithmetic or TIES", needs_base=True,
+          reference="https://arxiv.org/abs/2311.03099",
+          p=option("drop probability", lambda v: 0 <= v < 1, "in [0, 1)"),
+          rescale=option("'inverse' = ×1/(1−p) (paper, unbiased; also mergekit's dare_*); "
+                         "'l1' = keep each τᵢ's L1 norm (mergekit's rescale for magnitude pruning)",
+                         lambda v: v in ("inverse", "l1"), "'inverse' or 'l1'"),
+          then=option("merge of the sparsified vectors: 'task_arithmetic' or 'ties'",
+                      lambda v: v in ("task_arithmetic", "ties"), "'task_arithmetic' or 'ties'"),
+          lam=option("scaling λ"), seed=option("seed of the drop masks"))
+def dare(tensors, base, w, ctx, *, p=0.5, rescale="inverse", then="task_arithmetic", lam=1.0, seed=0):
+    """DARE (Yu et al. 2024, "Language Models are Super Mario"): drop each entry of τᵢ with probability p and rescale
+    the survivors - by 1/(1−p), unbiased in expectation (the paper; mergekit's dare_linear / dare_ties), or to keep
+    each τᵢ's L1 norm - then merge with task arithmetic or TIES's sign election. Masks are seeded per tensor."""
+    taus = torch.stack([dare_drop(t.double() - base.double(), p, rescale, tensor_generator(seed, ctx["name"], i))
+                        for i, t in enumerate(tensors)])
+    merged = disjoint_merge(taus, w) if then == "ties" else (bcast(w, taus[0]) * taus).sum(0)
+    return base.double() + lam * merged

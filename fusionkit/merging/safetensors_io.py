@@ -1,0 +1,124 @@
+"""Streaming safetensors I/O: read one tensor at a time, write one tensor at a time.
+
+Merging N models of hundreds of MB must not hold N whole models in memory. :class:`LazyState` reads a tensor's
+bytes only when asked; :class:`SafetensorsWriter` writes each merged tensor as soon as it is computed (the header
+is known up front), so a streaming merge keeps about one tensor per input in memory.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import struct
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from ..core.errors import MergeError
+
+_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+           torch.bool: "BOOL"}
+
+
+class LazyState(Mapping):
+    """A read-only ``{name: tensor}`` view of a safetensors file that reads a tensor only when asked.
+
+    Each access is one positioned read of that tensor's bytes (no memory map, so file pages stay in the OS
+    page cache instead of the process's resident memory). Merging through these keeps one tensor per input
+    in memory at a time instead of N whole models. ``shape(name)`` and ``dtype_name(name)`` come from the header.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = str(path)
+        with open(self.path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        self._metadata = header.pop("__metadata__", {}) or {}
+        self._header = header
+        self._start = 8 + n
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        info = self._header[name]
+        begin, end = info["data_offsets"]
+        shape = tuple(info["shape"])
+        dtype = _FROM_NAME[info["dtype"]]
+        if end == begin:
+            return torch.empty(shape, dtype=dtype)
+        buf = bytearray(end - begin)
+        with open(self.path, "rb") as f:
+            f.seek(self._start + begin)
+            f.readinto(buf)
+        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+
+    def __iter__(self):
+        return iter(sorted(self._header, key=lambda n: self._header[n]["data_offsets"][0]))
+
+    def __len__(self) -> int:
+        return len(self._header)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._header[name]["shape"])
+
+    def dtype_name(self, name: str) -> str:
+        return self._header[name]["dtype"]
+
+    def metadata(self) -> dict:
+        return dict(self._metadata)
+
+
+class SafetensorsWriter:
+    """Write a safetensors file one tensor at a time: the header (names, dtypes, shapes, offsets) is known up
+    front, so each tensor's bytes go to disk as soon as it is computed and nothing accumulates in memory.
+
+    The file is written under a temporary name and renamed into place on a clean exit (atomic).
+    """
+
+    def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[str, tuple[int, ...]]],
+                 metadata: dict[str, str] | None = None):
+        self.path = Path(path)
+        self.layout = layout
+        header, offset = {}, 0
+        for name, (dtype, shape) in layout.items():
+            size = math.prod(shape) * _ITEMSIZE[dtype]
+            header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [offset, offset + size]}
+            offset += size
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        blob = json.dumps(header, separators=(",", ":")).encode()
+        blob += b" " * (-len(blob) % 8)  # keep the data 8-byte aligned, as safetensors does
+        self._header = blob
+        self._order = list(layout)
+        self._next = 0
+
+    def __enter__(self) -> "SafetensorsWriter":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        self._f = open(self._tmp, "wb")
+        self._f.write(struct.pack("<Q", len(self._header)))
+        self._f.write(self._header)
+        return self
+
+    def write(self, name: str, tensor: torch.Tensor) -> None:
+        expected = self._order[self._next] if self._next < len(self._order) else None
+        if name != expected:
+            raise MergeError(f"tensors must be written in layout order: expected {expected!r}, got {name!r}")
+        dtype, shape = self.layout[name]
+        if _DTYPES[tensor.dtype] != dtype or tuple(tensor.shape) != tuple(shape):
+            raise MergeError(f"{name}: got {_DTYPES[tensor.dtype]}{tuple(tensor.shape)}, layout says {dtype}{shape}")
+        self._f.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._next += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._f.close()
+        if exc_type is None and self._next == len(self._order):
+            os.replace(self._tmp, self.path)
+            return
+        os.unlink(self._tmp)  # interrupted or incomplete: leave nothing that looks like a finished file
+        if exc_type is None:
+            raise MergeError(f"only {self._next} of {len(self._order)} tensors were written")
+
+
+_FROM_NAME = {v: k for k, v in _DTYPES.items()}
+_ITEMSIZE = {"F32": 4, "F16": 2, "BF16": 2, "F64": 8, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}

@@ -1,0 +1,116 @@
+"""The data-dependent statistics some merges need, measured once per expert and cached beside it.
+
+* **Gram matrices** (RegMean, Jin et al. 2023): for every ``nn.Linear`` with input x, the running *mean* of
+  xxᵀ over the real tokens the layer saw on the expert's own data. Padding positions are masked with the
+  attention mask (the reference implementation includes them); the mean rather than the sum keeps experts
+  with more data from dominating; the budget counts *examples*, not batches.
+* **Diagonal Fisher** (Matena & Raffel 2022): F = E_x E_y [(∂ log p(y|x)/∂θ)²], estimated from
+  *per-example* gradients (squaring a batch-mean gradient, as the reference does, underestimates it).
+  The label y is ``"sample"``d from the model (the true Fisher), its ``"argmax"``, or the ``"gold"``
+  label (the "empirical" Fisher).
+
+Statistics are saved as safetensors under ``cache/stats/<expert id>/`` named by a hash of what was measured and of
+this module's code (:func:`~fusionkit.core.versioning.code_version`), so changed measuring code measures again.
+"""
+from __future__ import annotations
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..core.cache import cache_dir, stable_hash
+from ..core.errors import MergeError
+from ..core.runtime import pick_device
+from ..core.versioning import code_version
+from ..data.tasks import Task
+from .methods.fisher import VARIANTS as FISHER_VARIANTS
+
+
+def _examples(task: Task, examples: int, seed: int, split: str = "train"):
+    ds = task.data[split]
+    if examples < 1:
+        raise MergeError(f"examples must be >= 1, got {examples}")
+    return ds.shuffle(seed=seed).select(range(min(examples, len(ds))))
+
+
+@torch.no_grad()
+def gram_stats(model, tokenizer, task: Task, examples: int = 256, max_length: int = 128, batch_size: int = 32,
+               seed: int = 0, device="auto") -> dict[str, torch.Tensor]:
+    """``{linear module name: mean xxᵀ}`` over non-padding tokens of ``examples`` training examples."""
+    device = pick_device(device)
+    model = model.to(device).eval()
+    sums, counts, mask = {}, {}, {}
+    hooks = []
+
+    def hook(name):
+        def fn(module, args):
+            x = args[0].detach()
+            if x.dim() == 3:  # [batch, tokens, features]: keep real tokens only
+                x = x[mask["m"].bool()] if x.shape[:2] == mask["m"].shape else x.reshape(-1, x.shape[-1])
+            x = x.reshape(-1, x.shape[-1]).double()
+            sums[name] = sums.get(name, 0) + x.T @ x
+            counts[name] = counts.get(name, 0) + x.shape[0]
+        return fn
+
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            hooks.append(module.register_forward_pre_hook(hook(name)))
+    try:
+        data = _examples(task, examples, seed)
+        for start in range(0, len(data), batch_size):
+            texts = data[start:start + batch_size]["text"]
+            batch = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            mask["m"] = batch["attention_mask"]
+            model(**batch)
+    finally:
+        for h in hooks:
+            h.remove()
+    return {name: (sums[name] / counts[name]).float().cpu() for name in sums}
+
+
+def fisher_stats(model, tokenizer, task: Task, examples: int = 128, variant: str = "sample", max_length: int = 128,
+                 seed: int = 0, device="auto") -> dict[str, torch.Tensor]:
+    """``{parameter name: mean over examples of (∂ log p(y|x) / ∂θ)²}``, one example per backward pass."""
+    if variant not in FISHER_VARIANTS:
+        raise MergeError(f"unknown Fisher variant {variant!r}; fix: use one of {FISHER_VARIANTS}")
+    device = pick_device(device)
+    model = model.to(device).eval()  # no dropout: the Fisher of the deterministic model
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    fisher = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    gen = torch.Generator().manual_seed(seed)
+    data = _examples(task, examples, seed)
+    for row in data:
+        batch = tokenizer(row["text"], truncation=True, max_length=max_length, return_tensors="pt").to(device)
+        log_probs = torch.log_softmax(model(**batch).logits[0].float(), -1)
+        if variant == "sample":
+            y = int(torch.multinomial(log_probs.detach().exp().cpu(), 1, generator=gen))
+        elif variant == "argmax":
+            y = int(log_probs.argmax())
+        else:
+            y = int(row["label"])
+        model.zero_grad(set_to_none=True)
+        log_probs[y].backward()
+        for n, p in params.items():
+            if p.grad is not None:
+                fisher[n] += p.grad.detach().double() ** 2
+    model.zero_grad(set_to_none=True)
+    return {n: (f / len(data)).float().cpu() for n, f in fisher.items()}
+
+
+MEASURES = {"gram": gram_stats, "fisher": fisher_stats}
+
+
+def expert_stats(expert, kind: str, task: Task, **options) -> dict[str, torch.Tensor]:
+    """Measure ``kind`` ("gram" or "fisher") for an :class:`~fusionkit.models.experts.Expert` on ``task``; cached."""
+    if kind not in MEASURES:
+        raise MergeError(f"unknown statistics {kind!r}; fix: use one of {sorted(MEASURES)}")
+    key = stable_hash({"kind": kind, "task": task.fingerprint(), "code": code_version(__name__), **options})
+    path = cache_dir("stats", expert.id) / f"{kind}-{key}.safetensors"
+    if path.exists():
+        return load_file(path)
+    model, tokenizer = expert.load()
+    stats = MEASURES[kind](model, tokenizer, task, **options)
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp))
+    tmp.replace(path)
+    return stats

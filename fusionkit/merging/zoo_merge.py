@@ -1,0 +1,160 @@
+"""Merging a zoo's experts into one model: what is merged, which statistics, and how the result scores.
+
+What is merged follows the head policy (:mod:`fusionkit.models.heads`): experts of different tasks merge their
+bodies and each task keeps its own head on the merged body; experts that share one label space merge their heads
+too, with the same method. Methods that need θ₀ get the base model as the experts saw it
+(:func:`~fusionkit.models.heads.base_state`). Zoo-level methods (greedy soup) are dispatched here too, through
+the same registry.
+
+Two reference points that are not merges sit beside every merge: each expert alone, and the logit ensemble
+(the mean of the experts' logits: N forward passes, the accuracy a merge tries to reach in one).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from ..core.errors import MergeError
+from ..models.evaluator import Evaluator
+from ..models.experts import Expert, check_experts
+from ..models.heads import base_state, head_for, head_policy, split_head
+from ..models.zoo import Zoo
+from .merge import merge
+from .registry import get_method
+from .statedict import ParamFilter, StateDict
+from .statistics import expert_stats
+
+SPLITS = ("validation", "test")
+
+
+@dataclass
+class Merged:
+    """A merged body plus the head used for each task."""
+
+    method: str
+    options: dict
+    body: StateDict
+    heads: dict[str, StateDict]
+    heads_merged: bool
+    experts: list[Expert]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    weights: object = None  # the coefficients given: None (all 1), a list, or {glob: list}
+    trace: list | None = None  # what a zoo-level method tried on dev data (greedy soup: each expert kept or not)
+
+    def state_for(self, task: str) -> StateDict:
+        return {**self.body, **self.heads[task]}
+
+
+def merge_experts(method: str, experts: list[Expert], train_tasks: dict | None = None, base: str = "minilm",
+                  seed: int = 0, weights=None, filter: ParamFilter | None = None, stats_examples: int = 128,
+                  max_length: int = 128, fisher_variant: str = "sample", **options) -> Merged:
+    """Merge experts' weights with a registered per-tensor method, following the head policy.
+
+    ``train_tasks`` maps expert name -> the data it was tuned on (for Gram / Fisher statistics).
+    """
+    check_experts(experts)
+    m = get_method(method)
+    if m.level != "tensor":
+        raise MergeError(f"{method} merges a zoo; fix: use merge_zoo({method!r}, zoo)")
+    if "seed" in m.options:
+        options.setdefault("seed", seed)
+    t0 = time.perf_counter()
+    policy = head_policy(experts)
+    states = [e.state_dict() for e in experts]
+    names = list(policy.fused_part(states[0]))
+    base_sd = base_state(base, experts[0].recipe["labels"], seed) if m.needs_base else None
+    stats = None
+    if m.stats:
+        if train_tasks is None:
+            raise MergeError(f"{method} measures {m.stats} statistics on each expert's data; fix: pass train_tasks")
+        extra = {"variant": fisher_variant} if m.stats == "fisher" else {}
+        stats = [expert_stats(e, m.stats, train_tasks[e.name], examples=stats_examples, max_length=max_length,
+                              seed=seed, **extra) for e in experts]
+    res = merge(method, states, base=base_sd, stats=stats, weights=weights, filter=filter, names=names,
+                labels=[e.name for e in experts], report=True, **options)
+    body, merged_head = split_head(res.state, policy.prefixes)
+    heads = {experts[0].task: merged_head} if policy.fused_heads else policy.heads
+    return Merged(method, res.options, body, heads, policy.fused_heads, experts, res.notes,
+                  time.perf_counter() - t0, weights)
+
+
+def merge_zoo(method: str, zoo: Zoo, experts: list[str] | None = None, evaluator: Evaluator | None = None,
+              **options) -> Merged:
+    """Merge a zoo (all its experts, or those named) with any registered method: per-tensor methods through
+    :func:`merge_experts` with the zoo's profile settings, zoo-level ones (greedy soup) on ``evaluator``'s dev data."""
+    m = get_method(method)
+    if m.level == "zoo":
+        options.pop("seed", None)  # zoo-level methods choose on dev data: nothing random to seed
+        t0 = time.perf_counter()
+        merged, trace = m.fn(zoo, evaluator or zoo.evaluator(), experts, **m.resolve(options))
+        merged.trace, merged.seconds = trace, time.perf_counter() - t0
+        return merged
+    chosen = [zoo.expert(n) for n in experts] if experts else zoo.experts
+    options.setdefault("stats_examples", zoo.profile.stats_examples)
+    return merge_experts(method, chosen, zoo.train_tasks, base=zoo.base, max_length=zoo.profile.max_length,
+                         **options)
+
+
+# ------------------------------------------------------------------------------------------------ scores
+def score_merged(merged: Merged, zoo: Zoo, evaluator: Evaluator, splits=SPLITS) -> dict:
+    """``{task: {split: score}}`` of the merged body with each task's head, on every task it has a head for."""
+    return {t: {s: round(evaluator.score(task, s, params=merged.body, head=merged.heads[t]), 4) for s in splits}
+            for t, task in zoo.tasks.items() if t in merged.heads}
+
+
+def ensemble_scores(zoo: Zoo, evaluator: Evaluator, experts: list[Expert] | None = None, splits=SPLITS) -> dict:
+    """The logit ensemble: per task, the mean logits of every expert's body with that task's head."""
+    experts = experts or zoo.experts
+    parts = [e.body_and_head() for e in experts]
+    heads = zoo.heads()
+    return {t: {s: round(evaluator.ensemble_score(
+                task, s, [(body, head_for(t, e.task, own, heads)) for e, (body, own) in zip(experts, parts)]), 4)
+                for s in splits}
+            for t, task in zoo.tasks.items()}
+
+
+def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evaluator: Evaluator | None = None,
+                 **options) -> tuple[Merged, dict]:
+    """Merge, then score the result next to each expert and the ensemble: what ``fusionkit merge`` prints.
+
+    Returns the merged model and ``{"method", "options", "results", "ensemble", "experts", "notes", ...}``.
+    """
+    ev = evaluator or zoo.evaluator()
+    merged = merge_zoo(method, zoo, experts, evaluator=ev, **options)
+    matrix = zoo.matrix(ev)
+    report = {
+        "method": method, "zoo": zoo.name, "profile": zoo.profile.name, "options": merged.options,
+        "weights": merged.weights, "heads": "merged" if merged.heads_merged else "kept per task",
+        "results": score_merged(merged, zoo, ev),
+        "ensemble": ensemble_scores(zoo, ev, merged.experts),
+        "experts": {e.name: matrix[e.name] for e in merged.experts},
+        "chance": {t: round(task.chance("test"), 4) for t, task in zoo.tasks.items()},
+        "notes": merged.notes, "merge_seconds": round(merged.seconds, 2),
+    }
+    if merged.trace is not None:
+        report["soup_trace"] = merged.trace
+    return merged, report
+
+
+def sweep(zoo: Zoo, method: str, param: str, values, evaluator: Evaluator, split: str = "validation",
+          experts: list[str] | None = None, **options) -> list[dict]:
+    """Merge once per value of one option and score every task: ``[{param: v, "scores": {task: s}, "mean": m}]``."""
+    rows = []
+    for v in values:
+        merged = merge_zoo(method, zoo, experts, **{**options, param: v})
+        scores = {t: s[split] for t, s in score_merged(merged, zoo, evaluator, splits=(split,)).items()}
+        rows.append({param: v, "scores": scores, "mean": round(sum(scores.values()) / len(scores), 4)})
+    return rows
+
+
+def compare(zoo: Zoo, specs: dict[str, tuple[str, dict]], evaluator: Evaluator, splits=SPLITS,
+            experts: list[str] | None = None) -> dict[str, dict]:
+    """Several merges side by side: ``specs[label] = (method, options)`` -> ``{label: {task: {split: s}}}``."""
+    return {label: score_merged(merge_zoo(method, zoo, experts, **opts), zoo, evaluator, splits)
+            for label, (method, opts) in specs.items()}
+
+
+def mean_score(scores: dict, split: str = "test") -> float:
+    """Mean over tasks of ``{task: {split: s}}``."""
+    return round(sum(s[split] for s in scores.values()) / len(scores), 4)

@@ -1,0 +1,89 @@
+"""Experts: a base model fine-tuned on a task, stored once under a hash of the recipe that made it.
+
+An :class:`Expert` is a ``save_pretrained`` folder in the cache (safetensors, config with label names, tokenizer)
+plus ``recipe.json`` - base, task and its data fingerprint, hyperparameters, seed, the expert it started from,
+the version of the training code, its scores and package versions. :mod:`fusionkit.models.training` makes them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.cache import cache_dir, read_json, sha256_file, stable_hash
+from ..core.errors import MergeError
+from ..core.runtime import pick_device
+from .heads import split_head
+
+
+@dataclass
+class Expert:
+    """A fine-tuned model on disk. ``state_dict()`` reads its safetensors; ``load()`` builds the model."""
+
+    name: str
+    path: Path
+    recipe: dict
+
+    @property
+    def task(self) -> str:
+        return self.recipe["task"]
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def scores(self) -> dict:
+        return self.recipe.get("scores", {})
+
+    def state_dict(self) -> dict:
+        from safetensors.torch import load_file
+
+        return load_file(self.path / "model.safetensors")
+
+    def load(self, device="cpu"):
+        """``(model, tokenizer)`` as plain transformers objects."""
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        model = AutoModelForSequenceClassification.from_pretrained(self.path).to(pick_device(device))
+        return model, AutoTokenizer.from_pretrained(self.path)
+
+    @property
+    def head_prefixes(self) -> tuple[str, ...]:
+        """The top-level modules that form this expert's task head (:func:`fusionkit.models.heads.head_prefixes`)."""
+        return tuple(self.recipe["head_prefixes"])
+
+    def body_and_head(self) -> tuple[dict, dict]:
+        return split_head(self.state_dict(), self.head_prefixes)
+
+    def __repr__(self) -> str:
+        return f"Expert({self.name!r}, task={self.task!r}, id={self.id}, scores={self.scores})"
+
+
+def expert_path(recipe: dict) -> Path:
+    """Where the expert a recipe makes lives in the cache."""
+    return cache_dir("experts") / stable_hash(recipe)
+
+
+def find_expert(recipe: dict, name: str) -> Expert | None:
+    """The cached expert made by ``recipe`` (named ``name``), or None."""
+    path = expert_path(recipe)
+    if (path / "recipe.json").exists() and (path / "model.safetensors").exists():
+        return Expert(name, path, read_json(path / "recipe.json"))
+    return None
+
+
+def check_experts(experts: list[Expert]) -> None:
+    """Experts can be fused only if there are at least two, from one base, with one tokenizer."""
+    if len(experts) < 2:
+        raise MergeError(f"merging needs at least 2 experts, got {len(experts)}")
+    bases = {e.recipe["base"] for e in experts}
+    if len(bases) > 1:
+        raise MergeError(f"experts come from different bases {sorted(bases)}; fix: merge experts of one base")
+    tokenizers = {}
+    for e in experts:
+        path = e.path / "tokenizer.json"
+        tokenizers.setdefault(sha256_file(path) if path.exists() else None, e.name)
+    if len(tokenizers) > 1:
+        a, b = list(tokenizers.values())[:2]
+        raise MergeError(f"experts {a!r} and {b!r} use different tokenizers, so their embeddings mean different "
+                         "things; fix: merge experts fine-tuned from one base with its tokenizer")
