@@ -11,8 +11,8 @@ Executed copies must show their figures without a live kernel and stay small: pl
 ``plotly_mimetype+notebook`` (JupyterLab draws the JSON; the HTML carries plotly.js once, inline, so it opens
 offline), and widget state is not stored (a saved ``FigureWidget`` costs megabytes; the static twin beside
 each explorer is what an executed copy shows). The HTML also carries MathJax, inline, so its equations typeset
-offline too, and it links no CDN at all. The tour also says which of the planned notebooks
-(:data:`EXPECTED`) are not in the folder yet.
+offline too, and it loads no script from a CDN (nbconvert's mermaid.js only for a mermaid diagram). The tour
+also says which of the planned notebooks (:data:`EXPECTED`) are not in the folder yet.
 """
 from __future__ import annotations
 
@@ -128,8 +128,8 @@ MATHJAX_PACKAGE, MATHJAX_FILE = "mathjax", "static/mathjax/es5/tex-svg-full.js"
 # browser (DecompressionStream) and run from a blob: URL. Typesetting is asynchronous anyway, so nothing else on
 # the page waits for it. Plotly's figures are left alone (their text is plotly.js's, drawn before MathJax is up).
 MATHJAX_TEMPLATE = r"""{%- extends 'index.html.j2' -%}
-{#- require.js came from a CDN, and nothing on a tour page uses it (plotly.js is inlined without AMD, widget
-    state is not stored): without it the page asks no server for anything -#}
+{#- require.js came from a CDN, blocking the page where the network hangs, and nothing on a tour page uses it
+    (plotly.js is inlined without AMD, widget state is not stored) -#}
 {%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
 {%- block html_head_js_mathjax -%}
 <script>
