@@ -10,13 +10,19 @@ against ``papermill.inspect_notebook`` first and a typo fails the run.
 Executed copies must show their figures without a live kernel and stay small: plotly renders with
 ``plotly_mimetype+notebook`` (JupyterLab draws the JSON; the HTML carries plotly.js once, inline, so it opens
 offline), and widget state is not stored (a saved ``FigureWidget`` costs megabytes; the static twin beside
-each explorer is what an executed copy shows). The tour also says which of the planned notebooks
-(:data:`EXPECTED`) are not in the folder yet.
+each explorer is what an executed copy shows). The HTML also carries MathJax, inline, so its equations typeset
+offline too, and it loads no script from a CDN (nbconvert's mermaid.js only for a mermaid diagram). The tour
+also says which of the planned notebooks (:data:`EXPECTED`) are not in the folder yet.
 """
 from __future__ import annotations
 
+import base64
+import functools
+import gzip
+import importlib.resources
 import json
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -114,12 +120,77 @@ def run_notebook(path: str | Path, out_dir: str | Path, parameters: dict | None 
             "record": read_json(record_path) if record_path.exists() else {}}
 
 
+# MathJax 3's single-file TeX-to-SVG build: glyphs are SVG paths inside the script (no font files to fetch) and
+# every TeX extension is in it (nothing autoloads from a CDN); it comes with the django-static-mathjax package.
+MATHJAX_PACKAGE, MATHJAX_FILE = "mathjax", "static/mathjax/es5/tex-svg-full.js"
+# nbconvert's lab page with its two CDN scripts replaced. MathJax's config is window.MathJax, set before the script
+# runs; the script itself is inlined gzip-compressed (2.3 MB of JavaScript, 0.96 MB as base64), unpacked by the
+# browser (DecompressionStream) and run from a blob: URL. Typesetting is asynchronous anyway, so nothing else on
+# the page waits for it. Plotly's figures are left alone (their text is plotly.js's, drawn before MathJax is up).
+MATHJAX_TEMPLATE = r"""{%- extends 'index.html.j2' -%}
+{#- require.js came from a CDN, blocking the page where the network hangs, and nothing on a tour page uses it
+    (plotly.js is inlined without AMD, widget state is not stored) -#}
+{%- block html_head_js_requirejs -%}{%- endblock html_head_js_requirejs -%}
+{%- block html_head_js_mathjax -%}
+<script>
+window.MathJax = {
+  tex: {inlineMath: [['$', '$'], ['\\(', '\\)']], displayMath: [['$$', '$$'], ['\\[', '\\]']],
+        processEscapes: true, processEnvironments: true, tags: 'ams'},
+  svg: {fontCache: 'global'},
+  options: {ignoreHtmlClass: 'tex2jax_ignore|js-plotly-plot'}
+};
+</script>
+<script type="application/gzip;base64" id="fusionkit-mathjax">{{ resources.mathjax_gzip_base64 }}</script>
+<script>
+(async () => {
+  const packed = Uint8Array.from(atob(document.getElementById('fusionkit-mathjax').textContent), c => c.charCodeAt(0));
+  const code = await new Response(new Blob([packed]).stream().pipeThrough(new DecompressionStream('gzip'))).text();
+  const script = document.createElement('script');
+  script.src = URL.createObjectURL(new Blob([code], {type: 'text/javascript'}));
+  document.head.appendChild(script);
+})().catch(e => console.error('fusionkit: the inlined MathJax did not start; equations stay as TeX', e));
+</script>
+{%- endblock html_head_js_mathjax -%}
+"""
+
+
+# plotly puts a CDN MathJax <script> before each figure's HTML; the page has its own MathJax, and two on a page fight
+CDN_MATHJAX = re.compile(r"""<script[^>]*\bsrc=["']https?://[^"']*mathjax[^"']*["'][^>]*>\s*</script>""", re.I)
+
+
+def _without_cdn_mathjax(nb):
+    """``nb`` with the CDN MathJax scripts dropped from its HTML outputs (in memory: the executed copy keeps them)."""
+    for cell in nb.cells:
+        for output in cell.get("outputs", []):
+            html = output.get("data", {}).get("text/html")
+            if html:
+                output["data"]["text/html"] = CDN_MATHJAX.sub("", html if isinstance(html, str) else "".join(html))
+    return nb
+
+
+@functools.lru_cache(maxsize=1)
+def _mathjax_gzip_base64() -> str:
+    """The installed MathJax build, gzip-compressed and base64-encoded, once per process (a tour exports many
+    pages). A missing package is an error, not a page whose equations silently stay raw TeX."""
+    try:
+        source = importlib.resources.files(MATHJAX_PACKAGE).joinpath(MATHJAX_FILE).read_bytes()
+    except (ModuleNotFoundError, FileNotFoundError) as e:
+        raise RuntimeError(f"MathJax for the offline HTML is not installed ({e}); fix: pip install -e . "
+                           "(it brings django-static-mathjax, MathJax 3 as a Python package)") from e
+    # mtime=0: the same MathJax gives byte-identical pages
+    return base64.b64encode(gzip.compress(source, compresslevel=9, mtime=0)).decode("ascii")
+
+
 def _to_html(executed: Path) -> None:
+    """Write ``executed``'s HTML beside it: nbconvert's lab page, with MathJax inlined in place of its CDN link,
+    so that the page draws its figures (plotly.js is in the outputs) and typesets its equations with no network."""
     import nbformat
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter().from_notebook_node(nbformat.read(executed, as_version=4))
-    executed.with_suffix(".html").write_text(body)
+    exporter = HTMLExporter(raw_template=MATHJAX_TEMPLATE)
+    body, _ = exporter.from_notebook_node(_without_cdn_mathjax(nbformat.read(executed, as_version=4)),
+                                          resources={"mathjax_gzip_base64": _mathjax_gzip_base64()})
+    executed.with_suffix(".html").write_text(body, encoding="utf-8")
 
 
 def run_tour(profile: str = "smoke", only: list[str] | None = None, out: str | Path | None = None,

@@ -5,7 +5,7 @@ headless chromium with an empty profile, restarts the kernel and runs all cells 
 slider labelled ``t`` with the keyboard and asserts the data of the rendered plotly figure changed. No browser
 is downloaded: chromium comes from Debian (``make browser``). Autosave is off, so the served notebook is never
 written. A failing test leaves ``failure.png`` and the server log in its tmp dir. A second test opens an
-executed copy's HTML with all network blocked and finds the drawn figures.
+executed copy's HTML with all network blocked and finds the drawn figures and typeset equations.
 """
 from __future__ import annotations
 
@@ -254,8 +254,16 @@ def test_01_interpolation_slider_moves_the_marker(tmp_path):
     assert before != after
 
 
+# Inline and display math as the notebooks write it; the offline page must typeset exactly these.
+INLINE_MATH = r"\theta = \theta_0 + \lambda\sum_i \tau_i"
+DISPLAY_MATH = r"\mathcal{L} = \frac{\tau^2}{|P|}\sum_i \mathrm{KL}(p_t \| p_s)"
+TYPESET = "async () => { await MathJax.startup.promise; " \
+          "return Array.from(MathJax.startup.document.math).map(m => [m.math, m.display]); }"
+
+
 def test_executed_html_draws_its_figures_offline(tmp_path):
-    """An executed copy's HTML shows its plotly figures with every network request blocked (plotly.js inline)."""
+    """An executed copy's HTML draws its plotly figures and typesets its equations with every network request
+    blocked (plotly.js and MathJax are inline), and asks no server for anything."""
     from fusionkit.tour import run_notebook
 
     nb = nbformat.v4.new_notebook()
@@ -265,10 +273,14 @@ def test_executed_html_draws_its_figures_offline(tmp_path):
         "import plotly.graph_objects as go\nfrom fusionkit import setup\nsetup(seed)",
         "go.Figure(go.Bar(x=['a', 'b'], y=[1, 2])).show()\ngo.Figure(go.Scatter(y=[3, 1, 2])).show()"]]
     nb.cells[0].metadata["tags"] = ["parameters"]
+    nb.cells.insert(1, nbformat.v4.new_markdown_cell(
+        f"Merging adds scaled task vectors, ${INLINE_MATH}$, and distillation minimises\n\n$${DISPLAY_MATH}$$"))
     nbformat.write(nb, tmp_path / "00_figures.ipynb")
     row = run_notebook(tmp_path / "00_figures.ipynb", tmp_path / "out", {"profile": "smoke"}, timeout=120)
     assert row["status"] == "ok", row["error"]
     with chromium(tmp_path) as page, screenshot_on_failure(page, tmp_path / "failure.png"):
+        requested = []
+        page.on("request", lambda r: requested.append(r.url))
         page.route("http*://**", lambda route: route.abort())  # the CDN is not there to help
         page.goto((tmp_path / "out" / "00_figures.html").as_uri())
         page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot .main-svg').length >= 2",
@@ -276,4 +288,19 @@ def test_executed_html_draws_its_figures_offline(tmp_path):
         traces = page.evaluate("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
                                ".map(d => d.data[0].type)")
         assert traces == ["bar", "scatter"]
+        try:
+            page.wait_for_function("() => window.MathJax && MathJax.startup && MathJax.startup.promise",
+                                   timeout=30_000)
+        except Exception as e:
+            pytest.fail(f"MathJax never started offline ({type(e).__name__}); the page's math stays raw TeX: "
+                        f"{page.locator('.jp-MarkdownCell').inner_text()!r}")
+        assert sorted(page.evaluate(TYPESET)) == sorted([[INLINE_MATH, False], [DISPLAY_MATH, True]])
+        text = page.locator(".jp-MarkdownCell").inner_text()
+        assert "$" not in text and "\\" not in text, f"raw TeX left in the page: {text!r}"
+        drawn = page.evaluate("() => Array.from(document.querySelectorAll('mjx-container > svg'))"
+                              ".map(s => s.getBoundingClientRect().width > 0)")
+        assert drawn == [True, True], "MathJax's SVG output is missing or empty"
+        assert page.locator("[data-mml-node='merror'], [data-mjx-error]").count() == 0, "MathJax reported a TeX error"
         page.screenshot(path=str(tmp_path / "html.png"), full_page=True)
+    online = [u for u in requested if not u.startswith(("file:", "data:", "blob:"))]
+    assert not online, f"the page asked the network for {online}"
