@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 from .core.cache import read_json, write_json
+from .core.errors import FusionkitError
 
 RECORD_ENV = "FUSIONKIT_RECORD"
 REPO = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ def check_parameters(path: str | Path, parameters: dict) -> None:
     declared = papermill.inspect_notebook(str(path))
     unknown = sorted(set(parameters) - set(declared))
     if unknown:
-        raise ValueError(f"{Path(path).name} has no parameter(s) {unknown}; declared: {sorted(declared)}")
+        raise FusionkitError(f"{Path(path).name} has no parameter(s) {unknown}; declared: {sorted(declared)}")
 
 
 def _local_kernel_manager():
@@ -175,8 +176,8 @@ def _mathjax_gzip_base64() -> str:
     try:
         source = importlib.resources.files(MATHJAX_PACKAGE).joinpath(MATHJAX_FILE).read_bytes()
     except (ModuleNotFoundError, FileNotFoundError) as e:
-        raise RuntimeError(f"MathJax for the offline HTML is not installed ({e}); fix: pip install -e . "
-                           "(it brings django-static-mathjax, MathJax 3 as a Python package)") from e
+        raise FusionkitError(f"MathJax for the offline HTML is not installed ({e}); fix: pip install -e . "
+                             "(it brings django-static-mathjax, MathJax 3 as a Python package)") from e
     # mtime=0: the same MathJax gives byte-identical pages
     return base64.b64encode(gzip.compress(source, compresslevel=9, mtime=0)).decode("ascii")
 

@@ -14,6 +14,7 @@ import nbformat
 import pytest
 
 from fusionkit import tour
+from fusionkit.core.errors import FusionkitError
 
 # What plotly writes before each figure's HTML (renderer "notebook"): a MathJax from a CDN.
 PLOTLY_CDN_MATHJAX = '<script src="https://cdnjs.cloudflare.com/ajax/libs/mathjax/3.2.2/es5/tex-svg.min.js"></script>'
@@ -62,7 +63,7 @@ def test_missing_mathjax_names_the_fix(tmp_path, monkeypatch):
     monkeypatch.setattr(tour, "MATHJAX_PACKAGE", "fusionkit_no_such_mathjax")
     tour._mathjax_gzip_base64.cache_clear()
     try:
-        with pytest.raises(RuntimeError, match="fix: pip install"):
+        with pytest.raises(FusionkitError, match="fix: pip install"):
             export(tmp_path)
     finally:
         tour._mathjax_gzip_base64.cache_clear()
