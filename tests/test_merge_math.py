@@ -294,3 +294,17 @@ def test_registering_a_method_without_documented_options_fails():
 def test_a_zoo_level_method_refuses_to_merge_tensors():
     with pytest.raises(MergeError, match="greedy_soup merges a whole zoo"):
         merge("greedy_soup", [rand_state(0), rand_state(1)])
+
+
+def test_fisher_normalisation_divides_each_experts_fisher_by_its_norm():
+    """Two experts, one with a 100x larger Fisher everywhere: unnormalised it takes over; normalised (MergeLM's
+    normalize_fisher_weight) the relative shapes decide, and λᵢ (the coefficients) scale each model."""
+    a, b = {"w": torch.zeros(4)}, {"w": torch.ones(4)}
+    fa, fb = {"w": torch.tensor([1.0, 1.0, 3.0, 1.0])}, {"w": 100 * torch.tensor([1.0, 3.0, 1.0, 1.0])}
+    plain = merge("fisher", [a, b], stats=[fa, fb], eps=0.0)["w"]
+    assert (plain > 0.9).all()  # b's large Fisher wins every entry
+    norm = merge("fisher", [a, b], stats=[fa, fb], eps=0.0, normalize=True)["w"]
+    na, nb = fa["w"] / fa["w"].norm(), fb["w"] / fb["w"].norm()
+    torch.testing.assert_close(norm, nb / (na + nb))
+    weighted = merge("fisher", [a, b], stats=[fa, fb], eps=0.0, normalize=True, weights=[3.0, 1.0])["w"]
+    torch.testing.assert_close(weighted, nb / (3 * na + nb))

@@ -63,6 +63,8 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
                          f"(fusionkit.merging.statistics.{m.stats}_stats) and pass stats=")
     labels = labels or [f"expert {i}" for i in range(len(experts))]
     names = list(names if names is not None else experts[0])
+    if m.prepare is not None and stats is not None:
+        stats = m.prepare(stats, names, opts)
     check_compatible(experts + ([base] if base is not None else []), names, labels + ["base"] * (base is not None))
     filter = filter or ParamFilter()
     notes: list[str] = []

@@ -10,6 +10,9 @@ option, a one-line summary and a reference (the paper). Two levels:
 * ``"zoo"`` methods - ``fn(zoo, evaluator, experts, *, options) -> (Merged, trace)`` - need a whole zoo and dev
   data (greedy soup scores its soups).
 
+A statistics-based method may also name ``prepare(stats, names, options) -> stats``: a whole-model step run once
+before the per-tensor loop (Fisher's per-model normalisation needs every tensor's Fisher at once).
+
 Everything that lists or calls merges - the command line, :func:`~fusionkit.merging.merge.merge`, the zoo-level
 helpers, the notebooks' method comparer - reads this registry, so a new method is one function in one file of
 ``merging/methods/``. This module imports nothing heavy: listing methods never loads torch.
@@ -63,6 +66,7 @@ class Method:
     stats: str | None = None  # "fisher" or "gram": the measure step the method needs
     n_experts: int | None = None  # exactly this many experts (SLERP: 2)
     options: dict[str, Option] = field(default_factory=dict)
+    prepare: Callable | None = None  # whole-model step on the statistics before the per-tensor loop
 
     def resolve(self, given: dict) -> dict:
         """Every option's value: the defaults updated by ``given``; unknown names and out-of-range values fail."""
@@ -78,7 +82,7 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, summary: str, *, reference: str, level: str = "tensor", needs_base: bool = False,
-             stats: str | None = None, n_experts: int | None = None, **docs: Doc):
+             stats: str | None = None, n_experts: int | None = None, prepare: Callable | None = None, **docs: Doc):
     """Register ``fn`` under ``name``; every keyword-only parameter of ``fn`` is an option and needs a :class:`Doc`."""
     if level not in LEVELS:
         raise ValueError(f"level={level!r} must be one of {LEVELS}")
@@ -90,7 +94,7 @@ def register(name: str, summary: str, *, reference: str, level: str = "tensor", 
             raise TypeError(f"merge method {name!r}: keyword-only parameters {sorted(params)} (each with a default) "
                             f"must match the documented options {sorted(docs)}")
         options = {k: Option(k, params[k].default, d.help, d.check, d.rule) for k, d in docs.items()}
-        METHODS[name] = Method(name, fn, summary, reference, level, needs_base, stats, n_experts, options)
+        METHODS[name] = Method(name, fn, summary, reference, level, needs_base, stats, n_experts, options, prepare)
         return fn
     return wrap
 

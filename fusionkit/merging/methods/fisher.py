@@ -13,12 +13,28 @@ torch = lazy_import("torch")
 VARIANTS = ("sample", "argmax", "gold")
 
 
+def normalized(stats: list[dict], names: list[str], options: dict) -> list[dict]:
+    """With ``normalize``: each expert's Fisher divided by its L2 norm over the merged tensors, so no expert wins
+    the shared parameters by having larger gradients overall (a harder task, more labels). MergeLM's and
+    FusionBench's ``normalize_fisher_weight``; without it, the Fishers as measured."""
+    if not options["normalize"]:
+        return stats
+    out = []
+    for s in stats:
+        norm = float(sum((s[n].double() ** 2).sum() for n in names if n in s)) ** 0.5
+        out.append({k: v / norm for k, v in s.items()} if norm > 0 else s)
+    return out
+
+
 @register("fisher", "Fisher-weighted average: Σ wᵢFᵢθᵢ / Σ wᵢFᵢ (diagonal Fisher)", stats="fisher",
-          reference="https://arxiv.org/abs/2111.09832",
-          eps=option("added to every Fisher entry (so all-zero Fisher falls back to the average)"))
-def fisher(tensors, base, w, ctx, *, eps=1e-8):
-    """θ = Σ wᵢ(Fᵢ+ε)θᵢ / Σ wᵢ(Fᵢ+ε) with Fᵢ the diagonal Fisher of expert i (Matena & Raffel 2022, "Merging
-    Models with Fisher-Weighted Averaging"). A tensor the Fisher did not cover (frozen) is simply averaged."""
+          reference="https://arxiv.org/abs/2111.09832", prepare=normalized,
+          eps=option("added to every Fisher entry (so all-zero Fisher falls back to the average)"),
+          normalize=option("divide each expert's Fisher by its L2 norm over the merged tensors (MergeLM, FusionBench)"))
+def fisher(tensors, base, w, ctx, *, eps=1e-8, normalize=False):
+    """θ = Σ λᵢ(Fᵢ+ε)θᵢ / Σ λᵢ(Fᵢ+ε) with Fᵢ the diagonal Fisher of expert i (Matena & Raffel 2022, "Merging
+    Models with Fisher-Weighted Averaging", eq. 3); the per-model scaling coefficients λᵢ are the merge's
+    per-expert coefficients (``weights``). ``normalize`` acts on the whole model before this per-tensor step
+    (:func:`normalized`). A tensor the Fisher did not cover (frozen) is simply averaged."""
     fishers = ctx["stats"]
     if fishers is None:
         return average(tensors, base, w, ctx)
