@@ -151,7 +151,7 @@ def _search(args) -> int:
         else:
             merged, report = evolve_report(zoo, None if args.merger == "none" else args.merger, args.F, args.CR,
                                            args.generations, args.mutation, executor=pool, seed=args.seed,
-                                           quiet=args.json, precision=args.precision)
+                                           quiet=args.json, precision=args.precision, acceptance=args.acceptance)
     finally:
         if pool is not None:
             pool.shutdown()
@@ -297,7 +297,7 @@ def _add_merge(m) -> None:
 def _add_search(s) -> None:
     from .merging.registry import METHODS
     from .models.zoo import ZOOS
-    from .search.evolver import MUTATIONS
+    from .search.evolver import ACCEPTANCE, MUTATIONS
     from .search.interpolation import PARAMETRIZATIONS
 
     s.add_argument("method", choices=["dfwe", "evolve"])
@@ -319,6 +319,9 @@ def _add_search(s) -> None:
     g.add_argument("--CR", type=float, default=0.5, help="crossover rate in (0, 1]")
     g.add_argument("--generations", type=int, default=3)
     g.add_argument("--mutation", choices=MUTATIONS, default="current-to-other")
+    g.add_argument("--acceptance", choices=ACCEPTANCE, default="batch",
+                   help="batch: a generation's offspring scored together (the kit's); sequential: one at a time in "
+                        "random order, kept at once when the merge improves (the reference code)")
     s.add_argument("--out", help="write the best model folder(s) + recipe.json here")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--json", action="store_true")

@@ -7,7 +7,7 @@ import torch
 
 import conftest
 from conftest import toy_frame
-from fusionkit.search.evolver import crossover, evolve, mutate
+from fusionkit.search.evolver import REFERENCE, crossover, evolve, mutate
 from fusionkit.models.training import finetune
 from fusionkit.merging.zoo_merge import merge_experts
 from fusionkit.core.errors import MergeError
@@ -209,6 +209,23 @@ def test_evolve_never_falls_below_the_initial_population(multi, merger):
     assert res.fitness.scorer(res.best_state()) == pytest.approx(devs[-1], abs=1e-4)
 
 
+@pytest.mark.parametrize("merger", ["average", None])
+def test_sequential_acceptance_takes_each_improving_offspring_at_once(multi, merger):
+    """The reference's schedule: one offspring at a time, in a seeded random order, kept as soon as it helps."""
+    experts, tasks = multi
+    kw = dict(merger=merger, generations=2, F=0.9, CR=0.9, max_length=16, quiet=True, acceptance="sequential", seed=3)
+    res = evolve(experts, tasks, **kw)
+    devs = [h["dev"] for h in res.history]
+    assert devs == sorted(devs)
+    assert res.evaluations == (1 if merger else 3) + 2 * 3  # one evaluation per offspring, no joint re-check
+    assert res.fitness.scorer(res.best_state()) == pytest.approx(devs[-1], abs=1e-4)
+    if merger is not None:  # offspring carry one expert's words into the merge: it gets better
+        assert sum(h["accepted"] for h in res.history) > 0 and devs[-1] > devs[0]
+    again = evolve(experts, tasks, **kw)
+    assert torch.equal(again.population, res.population) and again.options["acceptance"] == "sequential"
+    assert REFERENCE == {"F": 0.1, "CR": 0.5, "generations": 15, "acceptance": "sequential"}
+
+
 def test_evolve_regmean_uses_statistics_and_is_reproducible_across_executors(multi):
     experts, tasks = multi
     kw = dict(merger="regmean", generations=2, seed=5, max_length=16, quiet=True, train_tasks={
@@ -226,6 +243,7 @@ def test_evolve_regmean_uses_statistics_and_is_reproducible_across_executors(mul
 @pytest.mark.parametrize("kwargs, message", [
     (dict(F=0.0), "F=0.0 is outside"), (dict(CR=1.5), "CR=1.5 is outside"),
     (dict(mutation="best/2"), "unknown mutation"), (dict(mutation="rand/1"), "needs 4 individuals"),
+    (dict(acceptance="all-at-once"), "unknown acceptance"),
 ])
 def test_evolve_bad_input(multi, kwargs, message):
     experts, tasks = multi

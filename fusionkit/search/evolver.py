@@ -47,6 +47,10 @@ from .executors import check_executor, map_ordered
 from .protocol import best_single_expert, check_search_options, test_scores, to_merged
 
 MUTATIONS = ("current-to-other", "rand/1")
+ACCEPTANCE = ("batch", "sequential")
+# The schedule of the authors' released configs: a small F, CR 0.5, 15 generations, offspring visited in random
+# order and each accepted at once when the merged population's dev score rises (methods.md, "Corrections").
+REFERENCE = {"F": 0.1, "CR": 0.5, "generations": 15, "acceptance": "sequential"}
 
 
 def mutate(pop: torch.Tensor, i: int, F: float, kind: str, gen: torch.Generator) -> torch.Tensor:
@@ -113,8 +117,14 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
            heads: dict | None = None, train_tasks: dict[str, Task] | None = None, merger_options: dict | None = None,
            stats_examples: int = 128, max_length: int = 128, batch_size: int = 128,
            dev_examples: int | None = None, precision: str = "float32", callback: Callable[[dict], None] | None = None,
-           quiet: bool = False) -> EvolveResult:
+           quiet: bool = False, acceptance: str = "batch") -> EvolveResult:
     """Evolve ``experts`` for ``generations`` and return the final population and its trace.
+
+    ``acceptance``: ``"batch"`` (the kit's variant: a generation's offspring are drawn together and scored in
+    parallel; several winners are kept together only if their joint merge is at least as good as the best single
+    one) or ``"sequential"`` (the reference code: individuals visited in a seeded random order, each offspring
+    drawn from the population as it stands and accepted at once if it raises the dev score; inherently serial, so
+    the executor is not used). :data:`REFERENCE` is the reference's whole schedule.
 
     ``tasks``: the dev tasks (mean dev score over them is the fitness). ``heads[task]``: the fixed head per task
     (default: the head policy - each task's first expert's head, or heads evolved with the bodies when the experts
@@ -131,6 +141,8 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
                           "fix: use mutation='current-to-other'")
     if generations < 1:
         raise SearchError(f"generations={generations}; fix: generations >= 1")
+    if acceptance not in ACCEPTANCE:
+        raise SearchError(f"unknown acceptance {acceptance!r}; fix: use one of {', '.join(ACCEPTANCE)}")
     check_executor(executor)
     method = get_method(merger) if merger is not None else None
 
@@ -171,6 +183,29 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
         callback(history[-1])
 
     for g in tqdm(range(1, generations + 1), desc=f"evolve ({merger or 'no merger'})", disable=quiet, leave=False):
+        if acceptance == "sequential":
+            won, scores = [], []
+            for i in torch.randperm(n, generator=gen).tolist():
+                u = crossover(pop[i], mutate(pop, i, F, mutation, gen), CR, gen)
+                if method is None:
+                    score = fitness([u])
+                    if score > float(fit[i]):
+                        pop[i], fit[i] = u, score
+                        won.append(i)
+                else:
+                    score = fitness([u if j == i else pop[j] for j in range(n)])
+                    if score > merged:
+                        pop[i], merged = u, score
+                        won.append(i)
+                scores.append(score)
+            evals += n
+            dev = float(fit.max()) if method is None else merged
+            history.append({"generation": g, "dev": round(dev, 4), "mean": round(sum(scores) / n, 4),
+                            "accepted": len(won), "acceptance": round(len(won) / n, 3), "evals": evals,
+                            "seconds": round(time.perf_counter() - t0, 2)})
+            if callback is not None:
+                callback(history[-1])
+            continue
         offspring = [crossover(pop[i], mutate(pop, i, F, mutation, gen), CR, gen) for i in range(n)]
         if method is None:
             scores = torch.tensor(map_ordered(fitness, [[u] for u in offspring], executor))
@@ -203,7 +238,8 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
         if callback is not None:
             callback(history[-1])
 
-    options = {"merger": merger, "F": F, "CR": CR, "generations": generations, "mutation": mutation, "seed": seed,
+    options = {"merger": merger, "F": F, "CR": CR, "generations": generations, "mutation": mutation,
+               "acceptance": acceptance, "seed": seed,
                "merger_options": merger_options or {}, "experts": [e.name for e in experts]}
     best_index = int(fit.argmax()) if method is None else None
     return EvolveResult(options, history, pop, initial, fitness, best_index)
