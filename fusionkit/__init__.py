@@ -38,6 +38,7 @@ _API = {
     "Evaluator": "models.evaluator:Evaluator", "evaluate": "models.evaluator:evaluate", "Scorer": "models.scorer:Scorer",
     "ZOOS": "models.zoo:ZOOS", "Zoo": "models.zoo:Zoo", "build_zoo": "models.zoo:build_zoo",
     "zoo_scorer": "models.zoo:zoo_scorer", "home_classes": "models.zoo:home_classes",
+    "train_multitask": "models.multitask:train_multitask",
     "split_head": "models.heads:split_head", "base_state": "models.heads:base_state",
     "head_policy": "models.heads:head_policy", "task_heads": "models.heads:task_heads",
     # merging

@@ -92,6 +92,14 @@ class Zoo:
         self._matrices[precision] = matrix
         return matrix
 
+    def multitask_model(self, quiet: bool = False):
+        """The zoo's multi-task reference: one body, a head per task, trained on the union of the experts' training
+        data with their recipe and budget (:func:`~fusionkit.models.multitask.train_multitask`); cached."""
+        from .multitask import train_multitask, union_by_task
+
+        return train_multitask(self.base, union_by_task(self.train_tasks), self.profile,
+                               seed=self.experts[0].recipe["seed"], quiet=quiet)
+
     def to_dict(self) -> dict:
         """The CLI's JSON: tasks with their chance level, experts with their scores on every task."""
         matrix = self.matrix()
