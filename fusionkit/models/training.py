@@ -1,18 +1,15 @@
 """Fine-tuning a base model on a task into a cached :class:`~fusionkit.models.experts.Expert`.
 
-``finetune(base, task, profile=...)`` trains with AdamW and a linear warm-up/decay schedule (the usual BERT
-fine-tuning recipe, Devlin et al. 2019), then writes the expert's folder atomically, named by a hash of
-everything that determines the weights - including :func:`~fusionkit.core.versioning.code_version` of this
-module, so a change to the training code never reuses an expert the old code trained. Asking again returns
+``finetune(base, task, profile=...)`` trains with the kit's loop (:func:`~fusionkit.models.fitting.fit`: AdamW and
+a linear warm-up/decay schedule, the usual BERT fine-tuning recipe, Devlin et al. 2019), then writes the expert's
+folder atomically, named by a hash of everything that determines the weights - including
+:func:`~fusionkit.core.versioning.code_version` of this module and of the loop, so a change to the training code
+never reuses an expert the old code trained. Asking again returns
 the stored expert at once; an interrupted fine-tune leaves nothing that looks finished.
 """
 from __future__ import annotations
 
-import math
-import time
-
 import torch
-from tqdm.auto import tqdm
 
 from ..core.cache import atomic_dir, write_json
 from ..core.errors import FusionkitError
@@ -23,6 +20,7 @@ from ..data.assets import BASES, WHEELS, load_base
 from ..data.tasks import Task
 from .evaluator import Evaluator
 from .experts import Expert, expert_path, find_expert
+from .fitting import fit
 from .heads import head_prefixes
 
 
@@ -36,7 +34,7 @@ def expert_recipe(base: str, task: Task, profile: Profile, seed: int, init: Expe
     # "reinit"/"permute" enter only when used: a recipe names only what shaped the weights.
     extra = {k: v for k, v in (("reinit", reinit), ("permute", permute)) if v is not None}
     return {
-        "code": code_version(__name__),
+        "code": code_version(__name__, "fusionkit.models.fitting"),
         "base": base,
         "base_source": _base_source(base),
         "init": init.id if init is not None else None,
@@ -92,8 +90,6 @@ def finetune(base: str, task: Task, profile: str | Profile = "smoke", seed: int 
     if found is not None:
         return found
 
-    from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
-
     quiet_transformers()
     seed_everything(seed)
     model, tokenizer = load_base(base, labels=task.label_names)
@@ -110,41 +106,14 @@ def finetune(base: str, task: Task, profile: str | Profile = "smoke", seed: int 
         if missing.unexpected_keys:
             raise FusionkitError(f"expert {init.name} does not fit base {base}: {missing.unexpected_keys[:3]}")
     device = pick_device(device)
-    model.to(device).train()
-
-    train = task.data["train"]
-    enc = tokenizer(list(train["text"]), truncation=True, max_length=profile.max_length)
-    labels = list(train["label"])
-    n = len(labels)
-    steps_per_epoch = math.ceil(n / profile.batch_size)
-    total = steps_per_epoch * profile.epochs
-    opt = torch.optim.AdamW(model.parameters(), lr=profile.lr, weight_decay=0.01)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * total), total)
-    gen = torch.Generator().manual_seed(seed)
-    t0 = time.perf_counter()
-    losses = []
-    with tqdm(total=total, desc=f"fine-tune {name}", disable=quiet, leave=False) as bar:
-        for _ in range(profile.epochs):
-            for idx in torch.randperm(n, generator=gen).split(profile.batch_size):
-                feats = [{k: enc[k][i] for k in enc.keys()} for i in idx.tolist()]
-                batch = {k: v.to(device) for k, v in tokenizer.pad(feats, return_tensors="pt").items()}
-                batch["labels"] = torch.tensor([labels[i] for i in idx.tolist()], device=device)
-                loss = model(**batch).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
-                bar.update()
-                bar.set_postfix(loss=f"{losses[-1]:.3f}")
-    train_seconds = time.perf_counter() - t0
+    run = fit({task.name: model}, tokenizer, {task.name: task}, profile.max_length, profile.epochs,
+              profile.batch_size, profile.lr, seed, device, desc=f"fine-tune {name}", quiet=quiet)
 
     ev = Evaluator(model, tokenizer, max_length=profile.max_length, device=device)
     scores = {split: round(ev.score(task, split), 4) for split in ("validation", "test")}
     meta = {**recipe, "name": name, "scores": scores, "chance": round(task.chance("test"), 4),
-            "train_seconds": round(train_seconds, 1), "train_examples": n, "steps": total,
-            "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+            "train_seconds": round(run.seconds, 1), "train_examples": run.examples, "steps": run.steps,
+            "final_loss": run.final_loss,
             "head_prefixes": list(head_prefixes(model)), "versions": package_versions()}
     dest = expert_path(recipe)
     with atomic_dir(dest, overwrite=True) as tmp:
