@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from ..core.errors import DistillError
 from .config import CALLBACK_KEYS, DistillConfig
 from .entities import Entity
-from .probes import check_tokenizer, context_ids, token_ids
+from .probes import context_ids, token_ids
 
 @dataclass
 class Target:

@@ -8,6 +8,7 @@ import torch
 from .ops import trim
 from .statedict import StateDict, flatten
 
+
 def cosine_matrix(taus: list[StateDict], names: list[str] | None = None) -> torch.Tensor:
     """Pairwise cosine similarity of flattened task vectors (near 0: the tasks change different directions)."""
     names = names or [n for n in taus[0] if taus[0][n].is_floating_point()]

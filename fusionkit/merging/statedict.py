@@ -82,8 +82,6 @@ def unflatten(vector: torch.Tensor, like: StateDict, names: list[str]) -> StateD
     return out
 
 
-
-
 def shape_of(state, name: str) -> tuple[int, ...]:
     """A tensor's shape without reading it (from the header of a :class:`LazyState`)."""
     return state.shape(name) if isinstance(state, LazyState) else tuple(state[name].shape)

@@ -21,9 +21,8 @@ With ``num_workers`` > 1 the optimiser proposes that many candidates at once; th
 """
 from __future__ import annotations
 
-from typing import Callable
-
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -39,6 +38,7 @@ from ..models.training import finetune
 from .executors import check_executor, map_ordered
 from .interpolation import Candidate, Interpolation, make_parametrization
 from .protocol import best_single_expert, check_search_options, test_scores, to_merged
+
 
 @dataclass
 class SearchResult:
