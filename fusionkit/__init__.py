@@ -29,6 +29,8 @@ _API = {
     "TaskError": "core.errors:TaskError", "MergeError": "core.errors:MergeError",
     "SearchError": "core.errors:SearchError", "DistillError": "core.errors:DistillError",
     "CacheError": "core.errors:CacheError",
+    "paired_bootstrap": "core.intervals:paired_bootstrap", "seed_interval": "core.intervals:seed_interval",
+    "verdict": "core.intervals:verdict",
     # data
     "list_assets": "data.assets:list_assets", "load_base": "data.assets:load_base",
     "BUNDLED_TASKS": "data.tasks:BUNDLED", "Task": "data.tasks:Task", "load_task": "data.tasks:load_task",

@@ -81,3 +81,14 @@ def test_float32_leaves_a_callers_autocast_alone(tiny_bert, toy_task):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         outer = ev.logits(toy_task, "test")
     torch.testing.assert_close(outer, ev.logits(toy_task, "test", precision="bfloat16"))
+
+
+def test_per_example_correctness_matches_the_score(tiny_bert, toy_task):
+    """`correct` is the per-example view of `score`: its mean is the accuracy, in the split's order."""
+    model, tok = load_base(tiny_bert, labels=toy_task.label_names)
+    ev = Evaluator(model, tok, max_length=16)
+    flags = ev.correct(toy_task, "validation")
+    labels = torch.as_tensor(toy_task.data["validation"]["label"])
+    assert flags.shape == (len(labels),) and set(flags.tolist()) <= {0.0, 1.0}
+    assert flags.mean() == pytest.approx(ev.score(toy_task, "validation"))
+    assert (flags == (ev.logits(toy_task, "validation").argmax(-1) == labels).float().numpy()).all()

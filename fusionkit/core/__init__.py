@@ -1,2 +1,2 @@
 """The core layer: where files live (cache), seeds/devices/precision (runtime), run sizes (profiles),
-the kit's errors, lazy imports and code versions. Imports nothing else from fusionkit."""
+the kit's errors, lazy imports, code versions and intervals. Imports nothing else from fusionkit."""

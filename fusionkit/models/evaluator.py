@@ -118,6 +118,12 @@ class Evaluator:
         logits = self.logits(task, split, params, head, precision)
         return METRICS[task.metric](logits, self.encode(task, split).labels)
 
+    def correct(self, task: Task, split: str = "validation", params: dict | None = None,
+                head: dict | None = None, precision: str | None = None) -> np.ndarray:
+        """Per example, in the split's order: 1.0 where the argmax is the label - what a paired bootstrap resamples."""
+        logits = self.logits(task, split, params, head, precision)
+        return (logits.argmax(-1) == self.encode(task, split).labels).float().numpy()
+
     def loss_and_score(self, task: Task, split: str = "validation", params: dict | None = None,
                        head: dict | None = None, precision: str | None = None) -> tuple[float, float]:
         """``(mean cross-entropy, metric)`` from one forward pass over the split."""

@@ -134,6 +134,13 @@ class Scorer(PerThread):
         return {name: ev.score(task, split, params=state, head=self.head(name), precision=self.precision)
                 for name, task in self.tasks.items()}
 
+    def correct(self, state: dict, split: str | None = None) -> dict[str, np.ndarray]:
+        """``{task: per-example 0/1 correctness}`` of ``state`` on ``split``: the input of a paired bootstrap
+        (:func:`fusionkit.core.intervals.paired_bootstrap`) between two states scored on the same examples."""
+        ev, split = self.evaluator(), split or self.split
+        return {name: ev.correct(task, split, params=state, head=self.head(name), precision=self.precision)
+                for name, task in self.tasks.items()}
+
     def losses_and_scores(self, state: dict, split: str | None = None) -> dict:
         """``{"loss": {task: CE}, "accuracy": {task: acc}, "mean_loss", "mean_accuracy"}``, one forward per task."""
         ev, split = self.evaluator(), split or self.split
