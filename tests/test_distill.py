@@ -218,7 +218,7 @@ def test_real_format_loads_with_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (line(definition="Someone else entirely."), "not mentioned in its definition"),
+    (line(definition="", def_target=""), "empty definition"),  # a definition without the name only warns now
     (line(label="<extra_id_0> Rome <extra_id_1>"), "not among the candidates"),
     ('{"ex_id": "x-3", "ent_str": ', "line 2"),
     (line(probe_sentences={"template_0": {"probe_sentence": "no slot", "labels": ["a", "b"]}}), "answer slot"),
