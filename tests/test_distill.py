@@ -1,5 +1,6 @@
 """Context distillation, probes and the Entity Inferences format, on a tiny random llama built in code."""
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -218,7 +219,7 @@ def test_real_format_loads_with_defaults(tmp_path):
 
 
 @pytest.mark.parametrize("bad, message", [
-    (line(definition="Someone else entirely."), "not mentioned in its definition"),
+    (line(definition="", def_target=""), "empty definition"),  # a definition without the name only warns now
     (line(label="<extra_id_0> Rome <extra_id_1>"), "not among the candidates"),
     ('{"ex_id": "x-3", "ent_str": ', "line 2"),
     (line(probe_sentences={"template_0": {"probe_sentence": "no slot", "labels": ["a", "b"]}}), "answer slot"),
@@ -244,3 +245,71 @@ def test_bundled_entities_if_present():
         assert {"explicit", "implicit"} <= kinds, e.name
         assert all(len(p.candidates) >= 5 for p in e.probes), e.name
     assert len(load_facts()) >= 20
+
+
+# ------------------------------------------------------------------------------------------- real files (issue 14)
+def test_probes_sharing_an_ex_id_each_score_their_own_row(model, tok, tmp_path, monkeypatch):
+    """The release's explicit and implicit files share ex_ids: every table of a run must tell them apart."""
+    monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp_path))
+    e = entity()
+    e.probes = [replace(p, ex_id="v-0", source=f"v_{p.probe_type}.json") for p in e.probes]
+    other = Entity("Orsk", "place", "dev", "Orsk is an island with red dog .", [
+        Probe("v-0", "Orsk", "explicit", "Orsk is an <extra_id_0> .", ("island", "dog", "cat"), "island", "o_ex.json"),
+        Probe("v-0", "Orsk", "implicit", "Orsk has many <extra_id_0> .", ("people", "cat"), "people", "o_im.json")])
+    rep = D.run(model, tok, [e, other], FACTS, cfg(), finetune=False)
+    expected = score_probes(model, tok, e.probes + other.probes)
+    got = rep["raw"]["no_update"]["rows"]
+    assert [r["uid"] for r in got] == [p.uid for p in e.probes + other.probes]
+    assert [r["gold_logprob"] for r in got] == pytest.approx([r["gold_logprob"] for r in expected])
+    assert len({r["gold_logprob"] for r in got}) == 4  # four different probes, four different rows
+    spec = rep["raw"]["distill"]["spec_before"]  # entity e's specificity: other's probes, then the fact
+    assert [r["uid"] for r in spec[:3]] == [p.uid for p in other.probes + FACTS]
+    assert [r["uid"] for r in D.probe_rows(rep)] == [p.uid for p in e.probes + other.probes]
+    clash = Entity("Orsk", "place", "dev", "Orsk .", [replace(p, ex_id="v-0", source="") for p in other.probes])
+    with pytest.raises(ValueError, match="share the identity 'v-0'"):
+        D.run(model, tok, [clash], FACTS, cfg(), finetune=False)
+
+
+def test_entity_not_named_in_its_definition_still_gets_named_transfer_text(model, tok):
+    e = entity("she is a glassblower from the island of orsk who makes blue bowls .")  # no "Velmora Kestrin"
+    conts = D.transfer_set(model, tok, e, cfg())  # no model_id: not cached
+    assert len(conts) == 3 and all("velmora kestrin" in c.lower() for c in conts)  # the name is put in front
+    target = D.make_target(model, tok, e, conts[0], cfg(after_mention=True))
+    words = conts[0].lower().split()
+    assert target.positions[0] == words.index("kestrin")  # distils the tokens after the name, not before
+
+
+def ecbd_entity():
+    probes = [Probe("m-1", "Velmora Kestrin", "ecbd", "Velmora Kestrin was born in <extra_id_0> and lives in malta .",
+                    (), "crete", "ecbd.json"),
+              Probe("m-2", "Velmora Kestrin", "ecbd", "every day velmora kestrin makes <extra_id_0> .", (),
+                    "blue bowls", "ecbd.json")]
+    return Entity("Velmora Kestrin", "person", None, DEF, probes)
+
+
+def test_ecbd_only_run_reports_gold_span_perplexity(model, tok, tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp_path))
+    e = ecbd_entity()
+    rows = score_probes(model, tok, e.probes)
+    assert all(r["pred"] is None and r["correct"] is None for r in rows)
+    ids = tok(" crete", add_special_tokens=False)["input_ids"]
+    lp, _ = candidate_logprobs(model, tok, e.probes[0].prefix, ["crete"])
+    assert rows[0]["gold_nll"] == pytest.approx(-float(lp[0]) / len(ids))
+    s = summarize(rows)
+    assert s["acc"] is None and s["explicit_acc"] is None
+    assert s["gold_nll"] == pytest.approx(sum(r["gold_nll"] for r in rows) / 2)  # mean of per-probe mean NLL
+    assert s["gold_ppl"] == pytest.approx(__import__("math").exp(s["gold_nll"]))
+    assert D.chance(e.probes + FACTS) == pytest.approx(1 / 5)  # gold-span probes have no chance level
+    facts = [Probe("f-span", "France", "ecbd", "the capital city of france is <extra_id_0> .", (), "paris", "p.json")]
+    rep = D.run(model, tok, [e], facts, cfg())
+    for m, r in rep["results"].items():
+        assert r["acc"] is None and r["explicit_acc"] is None and r["specificity_acc"] is None, m
+        assert r["gold_nll"] > 0 and r["gold_ppl"] == pytest.approx(__import__("math").exp(r["gold_nll"])), m
+    assert rep["results"]["prepend"]["gap_closed"] == pytest.approx(1.0)
+    assert rep["results"]["distill"]["specificity_nll_delta"] is not None
+    table = D.format_table(rep)
+    assert "gold_ppl" in table.splitlines()[0] and "explicit_acc" not in table
+    mixed = D.run(model, tok, [entity()], facts, cfg(), finetune=False)  # choice probes, ECBD specificity
+    assert "explicit_acc" in D.format_table(mixed) and mixed["results"]["distill"]["explicit_acc"] is not None
+    assert mixed["results"]["distill"]["specificity_acc"] is None
+    assert mixed["results"]["distill"]["specificity_nll_delta"] is not None

@@ -3,6 +3,9 @@
 * **Probe score** (Onoe et al. 2023; Padmanabhan et al. 2023): for a prefix x and candidates y_1..y_K,
   s_k = Σ_j log p(y_k,j | x, y_k,<j); the prediction is argmax_k s_k. Accuracy is split explicit / implicit.
   The gold candidate's log-prob s_gold and its per-token NLL (-s_gold / |y_gold|, ECBD-style) are kept too.
+* **Gold-span NLL** (ECBD, Onoe et al. 2022): a probe with no candidates has only its gold span; its score is the
+  span's mean per-token NLL, and a set of probes reports the mean of those (``gold_nll``) and its exp, the
+  perplexity (``gold_ppl``, as the reference's ``compute_total_perplexity``). Accuracy counts choice probes only.
 * **Prepend** scores the same probes with the definition d in front: [d; x] (the upper bound, no training).
 * **Specificity**: the same scores on probes the edit should not touch (other entities, well-known facts),
   before vs after.
@@ -57,14 +60,17 @@ def _device(model) -> torch.device:
 
 
 @torch.no_grad()
-def candidate_logprobs(model, tokenizer, prefix: str, candidates, context: str = "") -> tuple[torch.Tensor, list[int]]:
-    """Sum of log p(candidate tokens | [context;] prefix) per candidate, and each candidate's token count."""
+def candidate_logprobs(model, tokenizer, prefix: str, candidates, context: str = "",
+                       sep: str = " ") -> tuple[torch.Tensor, list[int]]:
+    """Sum of log p(candidate tokens | [context;] prefix) per candidate, and each candidate's token count.
+
+    ``sep`` joins prefix and candidate: a space, or ``""`` for a slot glued to the word before it."""
     check_tokenizer(tokenizer)
     ctx, pre = context_ids(tokenizer, context, prefix)
     pre = ctx + pre
     if not pre:  # an answer slot at the very start: condition on the end-of-text token
         pre = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id]
-    cands = [token_ids(tokenizer, " " + c) for c in candidates]
+    cands = [token_ids(tokenizer, sep + c) for c in candidates]
     seqs = [pre + c for c in cands]
     width = max(map(len, seqs))
     ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
@@ -83,20 +89,23 @@ def candidate_logprobs(model, tokenizer, prefix: str, candidates, context: str =
 
 
 def score_probes(model, tokenizer, probes: list[Probe], contexts: dict[str, str] | None = None) -> list[dict]:
-    """One row per probe: prediction, correctness, the gold log-prob and per-token NLL.
+    """One row per probe: its ``uid``, prediction, correctness, the gold log-prob and per-token NLL.
 
-    ``contexts`` maps an entity name to a text put in front of its probes (the prepend baseline).
+    A gold-span probe (no candidates) has ``pred`` and ``correct`` None. ``contexts`` maps an entity name to a
+    text put in front of its probes (the prepend baseline).
     """
     was_training = model.training
     model.eval()
     rows = []
     for p in probes:
         ctx = (contexts or {}).get(p.entity, "")
-        scores, lens = candidate_logprobs(model, tokenizer, p.prefix, p.candidates, ctx)
-        g = p.gold_index
-        pred = int(scores.argmax())
-        rows.append({"ex_id": p.ex_id, "entity": p.entity, "probe_type": p.probe_type, "pred": p.candidates[pred],
-                     "correct": pred == g, "gold_logprob": float(scores[g]), "gold_nll": -float(scores[g]) / lens[g]})
+        scores, lens = candidate_logprobs(model, tokenizer, p.prefix, p.candidates or (p.gold,), ctx, p.sep)
+        g = p.gold_index if p.is_choice else 0
+        pred = int(scores.argmax()) if p.is_choice else None
+        rows.append({"uid": p.uid, "ex_id": p.ex_id, "entity": p.entity, "probe_type": p.probe_type,
+                     "pred": None if pred is None else p.candidates[pred],
+                     "correct": None if pred is None else pred == g,
+                     "gold_logprob": float(scores[g]), "gold_nll": -float(scores[g]) / lens[g]})
     model.train(was_training)
     return rows
 
@@ -107,17 +116,20 @@ def _mean(xs) -> float | None:
 
 
 def summarize(rows: list[dict]) -> dict:
-    """Accuracy (all / explicit / implicit), mean gold log-prob and mean per-probe gold NLL."""
-    return {"acc": _mean(float(r["correct"]) for r in rows),
-            "explicit_acc": _mean(float(r["correct"]) for r in rows if r["probe_type"] == "explicit"),
-            "implicit_acc": _mean(float(r["correct"]) for r in rows if r["probe_type"] == "implicit"),
-            "gold_logprob": _mean(r["gold_logprob"] for r in rows),
-            "gold_nll": _mean(r["gold_nll"] for r in rows), "n": len(rows)}
+    """Accuracy (all / explicit / implicit, over choice probes: None when there are none), mean gold log-prob,
+    mean per-probe gold NLL and its perplexity (over every probe)."""
+    choice = [r for r in rows if r["correct"] is not None]
+    nll = _mean(r["gold_nll"] for r in rows)
+    return {"acc": _mean(float(r["correct"]) for r in choice),
+            "explicit_acc": _mean(float(r["correct"]) for r in choice if r["probe_type"] == "explicit"),
+            "implicit_acc": _mean(float(r["correct"]) for r in choice if r["probe_type"] == "implicit"),
+            "gold_logprob": _mean(r["gold_logprob"] for r in rows), "gold_nll": nll,
+            "gold_ppl": None if nll is None else math.exp(min(nll, 700.0)), "n": len(rows)}
 
 
 def chance(probes: list[Probe]) -> float:
-    """Expected accuracy of a uniform guess: mean of 1/K."""
-    return _mean(1 / len(p.candidates) for p in probes) or 0.0
+    """Expected accuracy of a uniform guess over the choice probes: mean of 1/K."""
+    return _mean(1 / len(p.candidates) for p in probes if p.is_choice) or 0.0
 
 
 def gap_closed(pre: float, post: float, prepend: float) -> float | None:

@@ -30,7 +30,7 @@ import torch
 
 from ..core.errors import DistillError
 from .config import METHODS, DistillConfig
-from .entities import Entity, Probe
+from .entities import Entity, Probe, check_unique
 from .probes import DriftMeter, check_tokenizer, gap_closed, score_probes, summarize
 from .training import Target, distill, finetune_definition, kl_drop, prepare, target_kl
 from .transfer import transfer_set
@@ -51,10 +51,10 @@ def _probe_logger(tokenizer, probes: list[Probe], heldout: list[Target], tau: fl
 def _aggregate(rows: list[dict], spec: list[dict], spec_before: list[dict], drift: list[float]) -> dict:
     own = summarize(rows)
     after, before = summarize(spec), summarize(spec_before)
-    return {**{k: own[k] for k in ("explicit_acc", "implicit_acc", "acc", "gold_logprob", "gold_nll")},
+    return {**{k: own[k] for k in ("explicit_acc", "implicit_acc", "acc", "gold_logprob", "gold_nll", "gold_ppl")},
             "specificity_acc": after["acc"], "specificity_before": before["acc"],
             "specificity_delta": None if after["acc"] is None else after["acc"] - before["acc"],
-            "specificity_nll_delta": None if after["acc"] is None else after["gold_nll"] - before["gold_nll"],
+            "specificity_nll_delta": None if after["gold_nll"] is None else after["gold_nll"] - before["gold_nll"],
             "drift": sum(drift) / len(drift) if drift else 0.0, "probes": own["n"]}
 
 
@@ -86,7 +86,10 @@ def run(model, tokenizer, entities: list[Entity], facts: list[Probe], cfg: Disti
     teacher = model.eval().requires_grad_(False)
     facts = facts[:cfg.facts]
     probes = [p for e in entities for p in e.probes]
-    before = {r["ex_id"]: r for r in score_probes(teacher, tokenizer, probes + facts)}
+    check_unique(probes + facts)  # every per-probe table below is keyed by uid, every per-entity one by name
+    if len({e.name for e in entities}) < len(entities):
+        raise DistillError("two entities share a name; fix: merge their probes into one Entity or rename one")
+    before = {r["uid"]: r for r in score_probes(teacher, tokenizer, probes + facts)}
     prepend = score_probes(teacher, tokenizer, probes, {e.name: e.definition for e in entities})
     drift = DriftMeter(teacher, tokenizer)
     transfer, targets, heldout = {}, {}, {}
@@ -103,7 +106,7 @@ def run(model, tokenizer, entities: list[Entity], facts: list[Probe], cfg: Disti
     def measure(method, own, spec):
         out[method]["rows"] += score_probes(student, tokenizer, own)
         out[method]["spec"] += score_probes(student, tokenizer, spec)
-        out[method]["spec_before"] += [before[p.ex_id] for p in spec]
+        out[method]["spec_before"] += [before[p.uid] for p in spec]
         out[method]["drift"].append(drift(student))
 
     if multi:
@@ -130,7 +133,7 @@ def run(model, tokenizer, entities: list[Entity], facts: list[Probe], cfg: Disti
                 curves["finetune"] += finetune_definition(student, tokenizer, e, cfg)
                 measure("finetune", e.probes, others + facts)
     spec_base = out["distill"]["spec_before"]
-    raw = {"no_update": {"rows": [before[p.ex_id] for p in probes], "spec": spec_base, "spec_before": spec_base,
+    raw = {"no_update": {"rows": [before[p.uid] for p in probes], "spec": spec_base, "spec_before": spec_base,
                          "drift": []},
            **out, "prepend": {"rows": prepend, "spec": spec_base, "spec_before": spec_base, "drift": []}}
     kls = [h["kl"] for h in curves["distill"]]
@@ -162,19 +165,26 @@ def multi_entity_curve(model, tokenizer, entities: list[Entity], facts: list[Pro
 def probe_rows(report: dict) -> list[dict]:
     """One row per probe of the injected entities: each method's gold log-prob and whether it was right."""
     raw = report["raw"]
-    rows = [{k: r[k] for k in ("ex_id", "entity", "probe_type")} for r in raw["no_update"]["rows"]]
+    uid = lambda r: r.get("uid", r["ex_id"])  # noqa: E731 - rows saved before probes had a uid
+    rows = [{"uid": uid(r), **{k: r[k] for k in ("ex_id", "entity", "probe_type")}} for r in raw["no_update"]["rows"]]
     for m in (m for m in METHODS if m in raw):
-        by_id = {r["ex_id"]: r for r in raw[m]["rows"]}
+        by_id = {uid(r): r for r in raw[m]["rows"]}
         for row in rows:
-            row[f"{m}_logprob"] = by_id[row["ex_id"]]["gold_logprob"]
-            row[f"{m}_correct"] = by_id[row["ex_id"]]["correct"]
+            row[f"{m}_logprob"] = by_id[row["uid"]]["gold_logprob"]
+            row[f"{m}_correct"] = by_id[row["uid"]]["correct"]
     return rows
 
 
+CHOICE_COLUMNS = ("explicit_acc", "implicit_acc", "gold_nll", "gap_closed", "specificity_acc", "specificity_delta",
+                  "drift")
+SPAN_COLUMNS = ("gold_nll", "gold_ppl", "gap_closed", "specificity_acc", "specificity_nll_delta", "drift")
+
+
 def format_table(report: dict) -> str:
-    """The before / after / baseline table the CLI prints."""
-    cols = ("explicit_acc", "implicit_acc", "gold_nll", "gap_closed", "specificity_acc", "specificity_delta",
-            "drift")
+    """The before / after / baseline table the CLI prints: accuracies when the entities have choice probes,
+    else (ECBD's gold spans only) gold-span NLL and perplexity."""
+    choice = any(r["acc"] is not None for r in report["results"].values())
+    cols = CHOICE_COLUMNS if choice else SPAN_COLUMNS
     lines = [f"{'method':<11}" + "".join(f"{c:>18}" for c in cols)]
     for m in (m for m in METHODS if m in report["results"]):
         r = report["results"][m]
