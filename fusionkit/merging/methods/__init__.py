@@ -3,6 +3,7 @@ wᵢ coefficients). Importing this package registers them all in :mod:`fusionkit
 
 * :mod:`.averaging` - weighted average / uniform soup; task arithmetic
 * :mod:`.sparsify`  - TIES (trim, elect, disjoint mean); DARE (drop and rescale, then task arithmetic or TIES)
+* :mod:`.pruning`   - Model Breadcrumbs (± TIES), DELLA (± linear), SCE, MagMax: task vectors pruned per entry
 * :mod:`.slerp`     - spherical interpolation of two models
 * :mod:`.geometric` - Model Stock, the Karcher mean, Multi-SLERP, NearSwap: merges chosen by the weights' geometry
 * :mod:`.fisher`    - Fisher-weighted averaging (diagonal Fisher statistics)
@@ -12,6 +13,7 @@ wᵢ coefficients). Importing this package registers them all in :mod:`fusionkit
 # Each import registers its family's methods; this order is the order every listing shows.
 from . import averaging  # noqa: F401,I001
 from . import sparsify  # noqa: F401
+from . import pruning  # noqa: F401
 from . import slerp  # noqa: F401
 from . import geometric  # noqa: F401
 from . import fisher  # noqa: F401
