@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from fusionkit.core.errors import MergeError
-from fusionkit.merging.merge import merge
+from fusionkit.merging.merge import merge, merge_files
 from fusionkit.merging.methods.pruning import breadcrumb_mask, magprune, variance_mask
+from fusionkit.merging.methods.svd import cts_split
 from fusionkit.merging.ops import slerp
 
 S = 0.5 ** 0.5
@@ -217,3 +218,98 @@ def test_magmax_takes_the_largest_magnitude_entry():
     torch.testing.assert_close(out, torch.tensor([0.0, -5.0, -3.0]).double())  # a tie (|1| = |−1|): the later wins
     half = merge("magmax", [a, b, c], base=base)["w"]  # default λ = 0.5
     torch.testing.assert_close(half, base["w"] + 0.5 * torch.tensor([-1.0, -6.0, -4.0]).double())
+
+
+# ------------------------------------------------------------------------------------------------ SVD family
+def _svd_inputs(seed=0, shape=(6, 4), n=3):
+    g = torch.Generator().manual_seed(seed)
+    base = {"m": torch.randn(shape, generator=g, dtype=torch.float64), "b": torch.randn(shape[0], generator=g,
+                                                                                       dtype=torch.float64)}
+    experts = [{k: v + 0.5 * torch.randn(v.shape, generator=g, dtype=torch.float64) for k, v in base.items()}
+               for _ in range(n)]
+    return base, experts
+
+
+def test_iso_c_flattens_the_spectrum_of_the_summed_task_matrix():
+    base, experts = _svd_inputs()
+    out = merge("iso_c", experts, base=base, lam=1.0)
+    delta = sum(e["m"] - base["m"] for e in experts)
+    s = torch.linalg.svdvals(out["m"] - base["m"])
+    torch.testing.assert_close(s, torch.full_like(s, float(torch.linalg.svdvals(delta).mean())))
+    u, _, vt = torch.linalg.svd(delta, full_matrices=False)  # same singular vectors as Δ
+    torch.testing.assert_close(out["m"] - base["m"], s[0] * u @ vt)
+    # 1-D tensors: the mean task vector, scaled
+    half = merge("iso_c", experts, base=base, lam=0.5)["b"]
+    torch.testing.assert_close(half, base["b"] + 0.5 * sum(e["b"] - base["b"] for e in experts) / 3)
+
+
+def test_iso_cts_has_a_flat_spectrum_and_is_iso_c_at_full_common_space():
+    base, experts = _svd_inputs(1, shape=(8, 6), n=2)
+    out = merge("iso_cts", experts, base=base, common_space_fraction=0.5)["m"] - base["m"]
+    s = torch.linalg.svdvals(out)
+    torch.testing.assert_close(s, torch.full_like(s, float(s.mean())))
+    full = merge("iso_cts", experts, base=base, common_space_fraction=1.0)
+    iso = merge("iso_c", experts, base=base)
+    for k in full:
+        torch.testing.assert_close(full[k], iso[k])
+    assert cts_split(768, 8, 0.8) == (616, 19) and cts_split(6, 2, 0.5) == (2, 2)
+    assert cts_split(7, 2, 0.0) == (1, 3)  # rounding up would overrun the rank; capped at ⌊r/k⌋
+    with pytest.raises(MergeError, match="common_space_fraction=1.5 must be in"):
+        merge("iso_cts", experts, base=base, common_space_fraction=1.5)
+
+
+def test_iso_cts_builds_common_and_task_specific_subspaces():
+    """6×6, two tasks, split (common 2, 2 per task). Δ = diag(10, 9, 3, 2, 1.7, 0.5): the common space is e1, e2;
+    task 1's residual diag(0, 0, 3, 2, 1, 0) gives e3, e4 (its 1 along e5 is dropped), task 2's
+    diag(0, 0, 0, 0, 0.7, 0.5) gives e5, e6. All six directions at σ̄ = mean(10, 9, 3, 2, 0.7, 0.5) = 4.2, where
+    ISO-C's σ̄ is the mean of Δ's spectrum, 26.2/6."""
+    base = {"m": torch.zeros(6, 6, dtype=torch.float64)}
+    t1 = torch.diag(torch.tensor([10.0, 0, 3, 2, 1, 0], dtype=torch.float64))
+    t2 = torch.diag(torch.tensor([0, 9.0, 0, 0, 0.7, 0.5], dtype=torch.float64))
+    assert cts_split(6, 2, 0.5) == (2, 2)
+    eye = torch.eye(6, dtype=torch.float64)
+    out = merge("iso_cts", [{"m": t1}, {"m": t2}], base=base, common_space_fraction=0.5)["m"]
+    torch.testing.assert_close(out, 4.2 * eye)
+    torch.testing.assert_close(merge("iso_c", [{"m": t1}, {"m": t2}], base=base)["m"], (26.2 / 6) * eye)
+
+
+def test_tsv_m_keeps_each_tasks_top_singular_values_and_orthogonal_tasks_add():
+    base, experts = _svd_inputs(2, shape=(6, 6), n=3)
+    out = merge("tsv_m", experts, base=base, lam=1.0)
+    kept = torch.cat([torch.linalg.svdvals(e["m"] - base["m"])[:2] for e in experts])  # ⌊6/3⌋ = 2 per task
+    torch.testing.assert_close(torch.linalg.svdvals(out["m"] - base["m"]), kept.sort(descending=True).values)
+    torch.testing.assert_close(out["b"], base["b"] + sum(e["b"] - base["b"] for e in experts) / 3)
+    # tasks of rank r/k in orthogonal subspaces do not interfere: TSV-M is their sum
+    z = {"m": torch.zeros(4, 4, dtype=torch.float64)}
+    a, b = torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)
+    a[:2, :2] = torch.tensor([[2.0, 1.0], [0.5, -1.0]])
+    b[2:, 2:] = torch.tensor([[0.3, 0.0], [1.0, 4.0]])
+    torch.testing.assert_close(merge("tsv_m", [{"m": a}, {"m": b}], base=z, lam=1.0)["m"], a + b)
+
+
+def test_tsv_m_with_more_tasks_than_rank_falls_back_with_a_note():
+    base = {"m": torch.zeros(2, 5, dtype=torch.float64)}
+    experts = [{"m": torch.randn(2, 5, dtype=torch.float64)} for _ in range(3)]
+    res = merge("tsv_m", experts, base=base, report=True)
+    assert any("tsv_m has rank 2 for 3 tasks" in n for n in res.notes)
+    torch.testing.assert_close(res.state["m"], sum(e["m"] for e in experts) / 3)
+
+
+# ------------------------------------------------------------------------------------------------ streaming
+@pytest.mark.parametrize("method", ["model_stock", "della", "sce", "iso_cts", "multislerp"])
+def test_new_methods_stream_through_safetensors_files(tmp_path, method):
+    from safetensors.torch import load_file, save_file
+
+    base, experts = _svd_inputs(3, shape=(5, 4), n=3)
+    base, experts = {k: v.float() for k, v in base.items()}, [{k: v.float() for k, v in e.items()} for e in experts]
+    paths = []
+    for i, e in enumerate(experts):
+        save_file(e, str(tmp_path / f"e{i}.safetensors"))
+        paths.append(str(tmp_path / f"e{i}.safetensors"))
+    save_file(base, str(tmp_path / "base.safetensors"))
+    res = merge_files(method, paths, str(tmp_path / "out.safetensors"), base=str(tmp_path / "base.safetensors"))
+    assert res.state == {}
+    streamed = load_file(str(tmp_path / "out.safetensors"))
+    in_memory = merge(method, experts, base=base)
+    for k in in_memory:
+        assert torch.equal(streamed[k], in_memory[k]), k
