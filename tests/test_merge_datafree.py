@@ -23,6 +23,7 @@ def w(*vals):
 def zeros(n=2):
     return {"w": torch.zeros(n, dtype=torch.float64)}
 
+
 # ------------------------------------------------------------------------------------------------ Model Stock
 def test_model_stock_t_from_the_angle_between_task_vectors():
     base = zeros()
@@ -313,3 +314,41 @@ def test_new_methods_stream_through_safetensors_files(tmp_path, method):
     in_memory = merge(method, experts, base=base)
     for k in in_memory:
         assert torch.equal(streamed[k], in_memory[k]), k
+
+
+# ------------------------------------------------------------------------------------------------ mergekit export
+class _E:
+    def __init__(self, n):
+        self.path, self.name = f"/m/{n}", n
+
+
+def _merged(method, options, n=2, weights=None):
+    from fusionkit.merging.zoo_merge import Merged
+
+    return Merged(method, options, {}, {}, False, [_E(c) for c in "abc"[:n]], weights=weights)
+
+
+def test_mergekit_export_of_the_data_free_methods():
+    from fusionkit.merging.export import mergekit_config, to_yaml
+
+    della = mergekit_config(_merged("della", {"density": 0.4, "epsilon": 0.1, "rescale": "l1", "lam": 0.8, "seed": 0},
+                                    weights=[1.0, 0.5]), "/m/base")
+    assert della["merge_method"] == "della" and della["base_model"] == "/m/base"
+    assert della["models"][1]["parameters"] == {"weight": 0.5, "density": 0.4, "epsilon": 0.1}
+    assert della["parameters"] == {"normalize": True, "rescale": True, "lambda": 0.8}
+    crumbs = mergekit_config(_merged("breadcrumbs", {"density": 0.2, "gamma": 0.01, "lam": 1.0}), "/m/base")
+    assert crumbs["models"][0]["parameters"] == {"weight": 1.0, "density": 0.2, "gamma": 0.01}
+    assert crumbs["parameters"] == {"normalize": False, "lambda": 1.0}
+    swap = mergekit_config(_merged("nearswap", {"t": 1e-4}), "/m/base")
+    assert swap["base_model"] == "/m/a" and swap["models"] == [{"model": "/m/b"}] and swap["parameters"] == {"t": 1e-4}
+    stock = mergekit_config(_merged("model_stock", {"filter_wise": False}, n=3), "/m/base")
+    assert stock["base_model"] == "/m/base" and len(stock["models"]) == 3 and "parameters" not in stock["models"][0]
+    assert "merge_method: model_stock" in to_yaml(stock)
+    # mergekit's Model Stock / SCE / Karcher take no weights: unequal coefficients are not exported
+    assert mergekit_config(_merged("karcher", {"max_iter": 10, "tol": 1e-5}, weights=[1.0, 2.0])) is None
+    assert mergekit_config(_merged("karcher", {"max_iter": 10, "tol": 1e-5}))["parameters"] == \
+        {"max_iter": 10, "tol": 1e-5}
+    assert "base_model" not in mergekit_config(_merged("multislerp", {"task_vectors": False, "max_iter": 20,
+                                                                      "tol": 1e-9}))
+    for method in ("magmax", "tsv_m", "iso_c", "iso_cts"):
+        assert mergekit_config(_merged(method, {"lam": 1.0})) is None
