@@ -5,7 +5,8 @@
 * ``recipe.json``: method, resolved options, inputs (expert ids, tasks and sha256 of their weights), notes,
   package versions.
 * ``mergekit.yml`` where mergekit has the same method, so a merge found on small models can be repeated on large
-  ones (``mergekit-yaml mergekit.yml OUT``). Fisher and RegMean have no mergekit counterpart.
+  ones (``mergekit-yaml mergekit.yml OUT``). Fisher, RegMean, MagMax and the SVD merges (TSV-M, ISO-C, ISO-CTS)
+  have no mergekit counterpart.
 """
 from __future__ import annotations
 
@@ -27,10 +28,14 @@ def mergekit_config(merged: Merged, base_path: str | None = None) -> dict | None
 
     Mapping: θ₀ + λΣwᵢτᵢ is mergekit's task_arithmetic with weight λwᵢ (normalize off); TIES with weight wᵢ,
     density and normalize on (the disjoint mean) and ``lambda``; DARE maps to dare_linear / dare_ties with
-    density = 1 − p (mergekit rescales survivors by 1/density, the paper's rule - the L1 variant has no
-    counterpart). Coefficients must be one list for all tensors to export.
+    density = 1 − p (mergekit's ``rescale: true``, its default, now scales the survivors to keep each task vector's
+    L1 norm - earlier releases divided by density, the paper's rule; both keep the L1 norm in expectation - the
+    kit's L1 variant is not exported). The data-free methods of :func:`_datafree_config` follow. Coefficients must
+    be one list for all tensors to export.
     """
     method, o = merged.method, merged.options
+    if method in DATAFREE:
+        return _datafree_config(merged, base_path)
     if method == "dare":
         if o["rescale"] != "inverse":
             return None
@@ -66,6 +71,64 @@ def mergekit_config(merged: Merged, base_path: str | None = None) -> dict | None
     else:
         config["parameters"] = {"normalize": bool(o.get("normalize", True))}
     return config
+
+
+# fusionkit method -> mergekit merge_method, for the data-free methods beyond TIES (issue #16). MagMax, TSV-M,
+# ISO-C and ISO-CTS have no mergekit counterpart.
+DATAFREE = {"model_stock": "model_stock", "breadcrumbs": "breadcrumbs", "breadcrumbs_ties": "breadcrumbs_ties",
+            "della": "della", "della_linear": "della_linear", "sce": "sce", "karcher": "karcher",
+            "multislerp": "multislerp", "nearswap": "nearswap"}
+UNWEIGHTED = ("model_stock", "sce", "karcher")  # mergekit ignores per-model weights there
+
+
+def _datafree_config(merged: Merged, base_path: str | None) -> dict | None:
+    """mergekit configs for Model Stock, Breadcrumbs (± TIES), DELLA (± linear), SCE, Karcher, Multi-SLERP and
+    NearSwap, with mergekit's parameter names. Where the two differ (each method's docstring says how):
+
+    * Breadcrumbs: weight wᵢ, density, gamma, ``lambda``; normalize off (a sum) or, for breadcrumbs_ties, on (the
+      kit's disjoint mean). mergekit keeps nothing of a tensor with fewer than 1/gamma entries; the kit keeps its
+      largest ⌊density·n⌋.
+    * DELLA: weight, density, epsilon, ``lambda``; normalize on for della (disjoint mean), off for della_linear;
+      ``rescale: true`` for the kit's 'l1' (the same rule) and 'inverse' (mergekit has no per-entry 1/q: its L1
+      rescale is the nearest, equal in expectation of the L1 norm), false for 'none'.
+    * Model Stock, SCE and Karcher take no per-model weights in mergekit: exported only with equal coefficients.
+    * Multi-SLERP: mergekit's is the normalised weighted mean (NLERP) scaled to the mean norm; the kit's is the
+      spherical average - the same for two models at equal weights, close otherwise.
+    * NearSwap: the first expert is mergekit's base_model, the second its one model.
+    """
+    method, o, experts = merged.method, merged.options, merged.experts
+    if isinstance(merged.weights, dict):
+        return None
+    weights = list(merged.weights) if merged.weights is not None else [1.0] * len(experts)
+    if method in UNWEIGHTED and len(set(weights)) > 1:
+        return None
+    name = DATAFREE[method]
+    config = {"merge_method": name}
+    if method == "nearswap":
+        config.update(base_model=str(experts[0].path), models=[{"model": str(experts[1].path)}],
+                      parameters={"t": o["t"]})
+        return {**config, "dtype": "float32"}
+    per_model, params = [{} for _ in experts], {}
+    if method.startswith("breadcrumbs"):
+        per_model = [{"weight": w, "density": o["density"], "gamma": o["gamma"]} for w in weights]
+        params = {"normalize": method == "breadcrumbs_ties", "lambda": o["lam"]}
+    elif method.startswith("della"):
+        per_model = [{"weight": w, "density": o["density"], "epsilon": o["epsilon"]} for w in weights]
+        params = {"normalize": method == "della", "rescale": o["rescale"] != "none", "lambda": o["lam"]}
+    elif method == "multislerp":
+        per_model = [{"weight": w} for w in weights]
+        params = {"normalize_weights": True}
+    elif method == "model_stock":
+        params = {"filter_wise": o["filter_wise"]}
+    elif method == "sce":
+        params = {"select_topk": o["select_topk"]}
+    elif method == "karcher":
+        params = {"max_iter": o["max_iter"], "tol": o["tol"]}
+    uses_base = method != "karcher" and not (method == "multislerp" and not o["task_vectors"])
+    if uses_base:
+        config["base_model"] = base_path
+    config["models"] = [{"model": str(e.path), **({"parameters": p} if p else {})} for e, p in zip(experts, per_model)]
+    return {**config, "parameters": params, "dtype": "float32"}
 
 
 def to_yaml(config: dict) -> str:

@@ -53,7 +53,7 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
                          "fix: use merge_zoo(method, zoo) or merge_report")
     opts = m.resolve(options)
     if len(experts) < 2:
-        raise MergeError(f"{method} needs at least 2 experts, got {len(experts)}")
+        raise MergeError(f"{method} needs at least 2 experts, got {len(experts)}; fix: pass two or more experts")
     if m.n_experts is not None and len(experts) != m.n_experts:
         raise MergeError(f"{method} merges exactly {m.n_experts} models, got {len(experts)}")
     if m.needs_base and base is None:

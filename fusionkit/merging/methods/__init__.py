@@ -3,7 +3,10 @@ wᵢ coefficients). Importing this package registers them all in :mod:`fusionkit
 
 * :mod:`.averaging` - weighted average / uniform soup; task arithmetic
 * :mod:`.sparsify`  - TIES (trim, elect, disjoint mean); DARE (drop and rescale, then task arithmetic or TIES)
+* :mod:`.pruning`   - Model Breadcrumbs (± TIES), DELLA (± linear), SCE, MagMax: task vectors pruned per entry
 * :mod:`.slerp`     - spherical interpolation of two models
+* :mod:`.geometric` - Model Stock, the Karcher mean, Multi-SLERP, NearSwap: merges chosen by the weights' geometry
+* :mod:`.svd`       - TSV-M, ISO-C, ISO-CTS: task matrices merged through their singular value decompositions
 * :mod:`.fisher`    - Fisher-weighted averaging (diagonal Fisher statistics)
 * :mod:`.regmean`   - RegMean's closed form per linear layer (input Gram statistics)
 * :mod:`.soups`     - greedy soup (zoo level: scores its soups on dev data)
@@ -11,7 +14,10 @@ wᵢ coefficients). Importing this package registers them all in :mod:`fusionkit
 # Each import registers its family's methods; this order is the order every listing shows.
 from . import averaging  # noqa: F401,I001
 from . import sparsify  # noqa: F401
+from . import pruning  # noqa: F401
 from . import slerp  # noqa: F401
+from . import geometric  # noqa: F401
+from . import svd  # noqa: F401
 from . import fisher  # noqa: F401
 from . import regmean  # noqa: F401
 from . import soups  # noqa: F401
