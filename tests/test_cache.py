@@ -49,3 +49,24 @@ def test_unwritable_cache_fails_with_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONKIT_CACHE", str(blocker / "cache"))
     with pytest.raises(CacheError, match="FUSIONKIT_CACHE"):
         cache_dir("models")
+
+
+def test_code_version_follows_code_not_comments(tmp_path, monkeypatch):
+    """Cache keys change when the code that makes an artefact changes, not when its comments or docstrings do."""
+    import importlib
+    import sys
+
+    from fusionkit.core.versioning import code_version
+
+    def version_of(source: str) -> str:
+        (tmp_path / "maker.py").write_text(source)
+        sys.modules.pop("maker", None)
+        importlib.invalidate_caches()
+        code_version.cache_clear()
+        return code_version("maker:make")
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    a = version_of('def make(x):\n    """Doc."""\n    return x + 1\n\ndef other():\n    return 0\n')
+    assert version_of('def make(x):\n    """Reworded."""\n    # a comment\n    return x + 1\n\ndef other():\n    return 0\n') == a
+    assert version_of('def make(x):\n    return x + 1\n\ndef other():\n    return 1\n') == a  # another function
+    assert version_of('def make(x):\n    return x + 2\n\ndef other():\n    return 0\n') != a

@@ -12,6 +12,7 @@ import functools
 import hashlib
 import importlib
 import inspect
+import textwrap
 
 
 def _without_docstrings(tree: ast.AST) -> ast.AST:
@@ -24,14 +25,23 @@ def _without_docstrings(tree: ast.AST) -> ast.AST:
     return tree
 
 
+def _source(name: str) -> str:
+    module, _, attr = name.partition(":")
+    obj = importlib.import_module(module)
+    for part in filter(None, attr.split(".")):
+        obj = getattr(obj, part)
+    return inspect.getsource(obj)
+
+
 @functools.lru_cache(maxsize=None)
-def code_version(*modules: str) -> str:
-    """A 12-hex-digit hash of the code of the named modules (comments, formatting and docstrings ignored)."""
+def code_version(*names: str) -> str:
+    """A 12-hex-digit hash of the code of the named modules - or, as ``"module:function"``, of single functions
+    (the ones that make the artefact, so that editing how it is cached or loaded keeps it) - with comments,
+    formatting and docstrings ignored."""
     h = hashlib.sha256()
-    for name in modules:
-        source = inspect.getsource(importlib.import_module(name))
+    for name in names:
         h.update(name.encode())
-        h.update(ast.dump(_without_docstrings(ast.parse(source))).encode())
+        h.update(ast.dump(_without_docstrings(ast.parse(textwrap.dedent(_source(name))))).encode())
     return h.hexdigest()[:12]
 
 
