@@ -49,3 +49,131 @@ def test_unwritable_cache_fails_with_fix(tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONKIT_CACHE", str(blocker / "cache"))
     with pytest.raises(CacheError, match="FUSIONKIT_CACHE"):
         cache_dir("models")
+
+
+# ------------------------------------------------------------------------------------- durable writes
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from fusionkit.core.cache import HOST, sweep, write_json
+
+
+def _fd_path(fd):
+    return os.readlink(f"/proc/self/fd/{fd}")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/fd"), reason="names file descriptors through /proc")
+def test_file_and_folder_writes_are_fsynced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real = {n: getattr(os, n) for n in ("fsync", "replace", "rename")}
+    monkeypatch.setattr(os, "fsync", lambda fd: (events.append(("fsync", _fd_path(fd))), real["fsync"](fd))[1])
+    monkeypatch.setattr(os, "replace", lambda a, b: (events.append(("rename", str(b))), real["replace"](a, b))[1])
+    monkeypatch.setattr(os, "rename", lambda a, b: (events.append(("rename", str(b))), real["rename"](a, b))[1])
+
+    write_json(tmp_path / "recipe.json", {"a": 1})
+    kinds = [e[0] for e in events]
+    assert kinds == ["fsync", "rename", "fsync"]
+    assert ".recipe.json.tmp-" in events[0][1] and events[1][1] == str(tmp_path / "recipe.json")
+    assert events[2][1] == str(tmp_path)  # the directory entry of the rename
+
+    events.clear()
+    with atomic_dir(tmp_path / "merged") as tmp:
+        (tmp / "model.safetensors").write_bytes(b"weights")
+        (tmp / "sub").mkdir()
+        (tmp / "sub" / "mergekit.yml").write_text("merge_method: ties\n")
+    rename = next(i for i, e in enumerate(events) if e[0] == "rename")
+    synced = {os.path.basename(p) for _, p in events[:rename]}
+    assert {"model.safetensors", "mergekit.yml", "sub"} <= synced  # files and their folders, before the rename
+    assert any(p.endswith(".tmp-" + p.rsplit(".tmp-", 1)[-1]) for _, p in events[:rename])  # the temp folder itself
+    assert events[rename + 1:] == [("fsync", str(tmp_path))]
+
+
+def test_an_exception_mid_overwrite_keeps_the_previous_output_and_no_temporary(tmp_path):
+    dest = tmp_path / "out"
+    with atomic_dir(dest) as tmp:
+        (tmp / "model.safetensors").write_bytes(b"previous")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(dest, overwrite=True) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"half of the ne")
+            raise RuntimeError("interrupted")
+    assert (dest / "model.safetensors").read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+KILLED_WRITERS = {
+    "folder": """
+from fusionkit.core.cache import atomic_dir
+with atomic_dir(DEST, overwrite=True) as tmp:
+    (tmp / "model.safetensors").write_bytes(b"half of the new one")
+    print("writing", flush=True)
+    time.sleep(120)
+""",
+    "safetensors": """
+import torch
+from fusionkit.merging.safetensors_io import SafetensorsWriter
+layout = {"a": ("F32", (2,)), "b": ("F32", (2,))}
+with SafetensorsWriter(DEST, layout) as w:
+    w.write("a", torch.full((2,), 9.0))
+    print("writing", flush=True)
+    time.sleep(120)
+""",
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KILLED_WRITERS))
+def test_a_killed_writer_leaves_the_previous_state_and_its_temporary_is_swept(kind, tmp_path):
+    """SIGKILL mid-write: the previous output is intact, nothing looks finished, and the temporary (named with the
+    dead writer's pid) is removed by the next write to the same place."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    dest = tmp_path / ("out" if kind == "folder" else "stats.safetensors")
+    if kind == "folder":
+        with atomic_dir(dest) as tmp:
+            (tmp / "model.safetensors").write_bytes(b"previous")
+    else:
+        save_file({"a": torch.ones(2), "b": torch.zeros(2)}, str(dest))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    code = f"import time\nfrom pathlib import Path\nDEST = Path({str(dest)!r})\n" + KILLED_WRITERS[kind]
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    if kind == "folder":
+        assert (dest / "model.safetensors").read_bytes() == b"previous"
+    else:
+        assert torch.equal(load_file(dest)["a"], torch.ones(2))
+    left = sorted(set(p.name for p in tmp_path.iterdir()) - set(before))
+    assert len(left) == 1 and f".tmp-{HOST}-{proc.pid}-" in left[0]  # the dead writer's, never the finished name
+    assert sweep(dest) == [tmp_path / left[0]]
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_a_writer_killed_between_its_two_renames_is_rolled_back(tmp_path):
+    """Overwriting moves the old folder aside, then renames the new one in; killed in between, the old one is put back."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    old = tmp_path / f"out.old-{HOST}-{int(dead.stdout)}-abcd1234"
+    old.mkdir()
+    (old / "model.safetensors").write_bytes(b"previous")
+    with pytest.raises(FileExistsError):  # the next write restores it first, then refuses to clobber it
+        with atomic_dir(tmp_path / "out"):
+            pass
+    assert (tmp_path / "out" / "model.safetensors").read_bytes() == b"previous"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_sweep_keeps_live_writers_and_a_users_own_files(tmp_path):
+    live = tmp_path / f".x.json.tmp-{HOST}-{os.getpid()}-zz"
+    mine = tmp_path / "x.json.old"  # a user's own backup beside an output: not the kit's
+    live.write_text("{")
+    mine.write_text("{}")
+    os.utime(mine, (0, 0))
+    assert sweep(tmp_path / "x.json") == []
+    assert live.exists() and mine.exists()
