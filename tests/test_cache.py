@@ -59,7 +59,10 @@ import subprocess
 import sys
 import time
 
-from fusionkit.core.cache import HOST, sweep, write_json
+from fusionkit.core import manifest
+from fusionkit.core.artefacts import Artefact, build_lock, obtain
+from fusionkit.core.cache import HOST, cache_root, sweep, write_json
+from fusionkit.core.errors import CacheWarning
 
 
 def _fd_path(fd):
@@ -177,3 +180,90 @@ def test_sweep_keeps_live_writers_and_a_users_own_files(tmp_path):
     os.utime(mine, (0, 0))
     assert sweep(tmp_path / "x.json") == []
     assert live.exists() and mine.exists()
+
+
+# ------------------------------------------------------------------------------------- obtain
+def _json_artefact(name="table.json"):
+    return Artefact(cache_root() / "zoos" / name, False, "a test table", "made by a test")
+
+
+def _writes(obj, calls=None):
+    """A build function that writes ``obj`` as JSON and returns it (counting its calls)."""
+    def build(tmp):
+        if calls is not None:
+            calls.append(tmp)
+        write_json(tmp, obj)
+        return obj
+    return build
+
+
+def _load(path):
+    return json.loads(path.read_text())
+
+
+def test_obtain_builds_once_records_a_manifest_and_reuses_it():
+    calls = []
+    art = _json_artefact()
+    assert obtain(art, _load, _writes({"x": 1}, calls)) == {"x": 1}
+    assert obtain(art, _load, _writes({"x": 1}, calls)) == {"x": 1}
+    assert len(calls) == 1
+    m = manifest.read(art.path, False)
+    assert m["summary"] == "made by a test" and m["files"]["table.json"]["size"] == art.path.stat().st_size
+    assert manifest.manifest_path(art.path, False) == cache_root() / ".manifests" / "zoos" / "table.json.json"
+    assert sorted(p.name for p in art.path.parent.iterdir()) == ["table.json"]  # the file's folder holds nothing else
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "delete-manifest-then-truncate", "garble-manifest"])
+def test_a_damaged_artefact_is_moved_aside_and_rebuilt(damage):
+    art = _json_artefact()
+    obtain(art, _load, _writes({"score": 0.81}))
+    text = art.path.read_text()
+    if damage == "truncate":
+        art.path.write_text(text[: len(text) // 2])
+    elif damage == "flip":
+        art.path.write_text(text.replace("0.81", "0.91"))  # still valid JSON, same size: only the digest sees it
+    elif damage == "delete-manifest-then-truncate":
+        manifest.manifest_path(art.path, False).unlink()
+        art.path.write_text(text[:5])
+    else:
+        manifest.manifest_path(art.path, False).write_text("{not json")
+    with pytest.warns(CacheWarning, match="a test table at .* was damaged .*building it again"):
+        assert obtain(art, _load, _writes({"score": 0.81})) == {"score": 0.81}
+    assert obtain(art, _load, lambda tmp: pytest.fail("built again")) == {"score": 0.81}
+    assert len(list((cache_root() / ".damaged" / "zoos").iterdir())) == 1
+
+
+def test_an_artefact_from_before_manifests_is_adopted_when_it_looks_whole():
+    art = _json_artefact()
+    write_json(art.path, {"x": 1})
+    assert obtain(art, _load, lambda tmp: pytest.fail("built again")) == {"x": 1}
+    assert manifest.read(art.path, False)["adopted"] is True
+
+
+def test_a_large_file_is_sized_on_load_and_hashed_by_verify(monkeypatch):
+    """Bytes that rot while size and mtime stay are left to `verify`; any write that changes the mtime is caught."""
+    monkeypatch.setattr(manifest, "CHEAP_BYTES", 0)  # every file counts as large
+    art = _json_artefact()
+    obtain(art, _load, _writes({"score": 0.81}))
+    st = art.path.stat()
+    art.path.write_text(art.path.read_text().replace("0.81", "0.91"))
+    os.utime(art.path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert manifest.status(art.path, False).ok  # the cheap check: size and mtime are as recorded
+    assert manifest.status(art.path, False, "all").reason == "table.json does not match the sha256 in its manifest"
+    os.utime(art.path)  # a write that moves the mtime: the cheap check hashes it
+    assert manifest.status(art.path, False).state == "damaged"
+
+
+def test_a_load_that_fails_on_whole_files_is_a_bug_and_raises():
+    art = _json_artefact()
+    obtain(art, _load, _writes({"x": 1}))
+    with pytest.raises(ZeroDivisionError):
+        obtain(art, lambda p: 1 / 0, lambda tmp: pytest.fail("rebuilt a sound artefact"))
+
+
+def test_build_lock_without_waiting_names_the_busy_artefact(tmp_path):
+    with build_lock(tmp_path / "x"):
+        code = ("from fusionkit.core.artefacts import build_lock\n"
+                f"with build_lock({str(tmp_path / 'x')!r}, wait=False): pass")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode != 0 and "is being built by another process" in res.stderr
