@@ -4,7 +4,9 @@
 fine-tuning recipe, Devlin et al. 2019), then writes the expert's folder atomically, named by a hash of
 everything that determines the weights - including :func:`~fusionkit.core.versioning.code_version` of this
 module, so a change to the training code never reuses an expert the old code trained. Asking again returns
-the stored expert at once; an interrupted fine-tune leaves nothing that looks finished.
+the stored expert at once; an interrupted fine-tune leaves nothing that looks finished. Training runs inside
+:func:`~fusionkit.core.artefacts.obtain`: a damaged expert is trained again, and a second process asking for the
+same expert while the first trains it waits for it instead of training it too.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import time
 import torch
 from tqdm.auto import tqdm
 
-from ..core.cache import atomic_dir, write_json
+from ..core.artefacts import obtain
+from ..core.cache import write_json
 from ..core.errors import FusionkitError
 from ..core.profiles import Profile, get_profile
 from ..core.runtime import pick_device, quiet_transformers, seed_everything
@@ -22,7 +25,7 @@ from ..core.versioning import code_version, package_versions
 from ..data.assets import BASES, WHEELS, load_base
 from ..data.tasks import Task
 from .evaluator import Evaluator
-from .experts import Expert, expert_path, find_expert
+from .experts import Expert, expert_artefact, load_expert
 from .heads import head_prefixes
 
 
@@ -88,10 +91,13 @@ def finetune(base: str, task: Task, profile: str | Profile = "smoke", seed: int 
     profile = get_profile(profile).with_(**overrides)
     name = name or task.name
     recipe = expert_recipe(base, task, profile, seed, init, reinit, permute)
-    found = find_expert(recipe, name)
-    if found is not None:
-        return found
+    art = expert_artefact(recipe, name)
+    return obtain(art, load_expert(name), lambda tmp: _train(tmp, art, recipe, base, task, profile, seed, init,
+                                                              name, device, quiet, reinit, permute))
 
+
+def _train(tmp, art, recipe, base, task, profile, seed, init, name, device, quiet, reinit, permute) -> Expert:
+    """Train the expert ``recipe`` describes and save it into the folder ``tmp`` (moved to ``art.path`` after)."""
     from transformers import AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
     quiet_transformers()
@@ -146,9 +152,7 @@ def finetune(base: str, task: Task, profile: str | Profile = "smoke", seed: int 
             "train_seconds": round(train_seconds, 1), "train_examples": n, "steps": total,
             "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
             "head_prefixes": list(head_prefixes(model)), "versions": package_versions()}
-    dest = expert_path(recipe)
-    with atomic_dir(dest, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "recipe.json", meta)
-    return Expert(name, dest, meta)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "recipe.json", meta)
+    return Expert(name, art.path, meta)
