@@ -277,10 +277,13 @@ def format_verify(rows: list[dict]) -> str:
     """``fusionkit cache verify``: one line per artefact, damaged ones with the reason."""
     def reason(r):
         return r["reason"] + (f"; {r['moved_to']}" if r.get("moved_to") else "") if r["state"] != "ok" else ""
-    bad = sum(r["state"] in ("damaged", "missing") for r in rows)
-    return "\n".join(_table(rows, "{state}", reason) + [f"{len(rows)} checked, {bad} damaged or missing"
-                                                        + ("; the kit rebuilds a damaged cache artefact when next "
-                                                           "asked for it" if bad else "")])
+    bad = [r for r in rows if r["state"] in ("damaged", "missing")]
+    hint = ""
+    if any(r["kind"] != "outside" for r in bad):
+        hint += "; the kit rebuilds a damaged cache artefact when next asked for it (--move-aside: now)"
+    if any(r["kind"] == "outside" for r in bad):
+        hint += "; folders outside the cache are not rebuilt: make them again"
+    return "\n".join(_table(rows, "{state}", reason) + [f"{len(rows)} checked, {len(bad)} damaged or missing{hint}"])
 
 
 def format_prune(rows: list[dict], dry_run: bool) -> str:

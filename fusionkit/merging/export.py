@@ -112,5 +112,5 @@ def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_l
             (tmp / "mergekit.yml").write_text(to_yaml(config))
         manifest.record(tmp, True, f"merged model: {merged.method} of {', '.join(e.name for e in merged.experts)}",
                         fix=f"the kit does not rebuild your outputs: merge again and save to {out} with overwrite=True "
-                            "(recipe.json there says how it was made)")
+                            "(--overwrite on the command line; recipe.json there says how it was made)")
     return out

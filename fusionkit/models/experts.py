@@ -40,7 +40,7 @@ class Expert:
 
     @property
     def artefact(self) -> Artefact:
-        return Artefact(self.path, True, f"expert {self.name}", expert_summary(self.name, self.recipe))
+        return _artefact(self.path, self.name, self.recipe)
 
     def state_dict(self) -> dict:
         from safetensors.torch import load_file
@@ -75,12 +75,18 @@ def expert_summary(name: str, recipe: dict) -> str:
     """An expert's recipe in a line, for ``fusionkit cache list``."""
     t = recipe.get("train", {})
     start = f" from expert {recipe['init']}" if recipe.get("init") else ""
+    start += "".join(f", {k} {recipe[k]}" for k in ("reinit", "permute") if recipe.get(k) is not None)
     return (f"{name}: {recipe.get('task')} on {recipe.get('base')}{start}, seed {recipe.get('seed')}, "
             f"{t.get('epochs')} epochs, lr {t.get('lr')}, max_length {t.get('max_length')}")
 
 
+def _artefact(path: Path, name: str, recipe: dict) -> Artefact:
+    return Artefact(path, True, f"expert {name}", expert_summary(name, recipe))
+
+
 def expert_artefact(recipe: dict, name: str) -> Artefact:
-    return Artefact(expert_path(recipe), True, f"expert {name}", expert_summary(name, recipe))
+    """The cache artefact the expert ``recipe`` makes (see :func:`~fusionkit.core.artefacts.obtain`)."""
+    return _artefact(expert_path(recipe), name, recipe)
 
 
 def load_expert(name: str):
