@@ -206,11 +206,21 @@ from conftest import toy_frame
 from fusionkit.core.cache import sha256_file
 from fusionkit.data.tasks import task_from
 
+import builtins
+import fusionkit.core.artefacts as artefacts
+
+def say(*a, **k):  # the waiting process says so: let the builder go on then
+    Path({waiting!r}).touch()
+    builtins.print(*a, **k)
+artefacts.print = say
+
 real = training.load_base
-def load_base(*a, **k):  # count real trainings, and keep this one going while the other process arrives
+def load_base(*a, **k):  # count real trainings, and hold the lock until the other process waits for it
     with open({log!r}, "a") as f:
         f.write("trained\n")
-    time.sleep(3)
+    deadline = time.time() + 120
+    while not Path({waiting!r}).exists() and time.time() < deadline:
+        time.sleep(0.02)
     return real(*a, **k)
 training.load_base = load_base
 task = task_from(toy_frame(), name="toy", label_names=["negative", "positive"])
@@ -224,7 +234,8 @@ print(json.dumps({{"path": str(e.path), "sha256": sha256_file(e.path / "model.sa
 
 def test_two_processes_building_one_expert_train_it_once(tiny_bert, tmp_path):
     log, ready, go = tmp_path / "log", str(tmp_path / "ready-"), tmp_path / "go"
-    code = CONCURRENT.format(tests=str(TESTS), log=str(log), ready=ready, go=str(go), base=tiny_bert)
+    code = CONCURRENT.format(tests=str(TESTS), log=str(log), ready=ready, go=str(go), base=tiny_bert,
+                             waiting=str(tmp_path / "waiting"))
     env = {**os.environ, "FUSIONKIT_CACHE": str(cache_root())}
     procs = [subprocess.Popen([sys.executable, "-c", code, str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True, env=env) for i in range(2)]
