@@ -10,6 +10,7 @@
                       [options] [--json]              teach new entities by context distillation; print the
                                                       before / after / baseline table
     fusionkit tour --profile smoke|full               execute every notebook headlessly and print a table
+    fusionkit cache list|verify|prune|path [options]  what the cache holds, whether it is whole, reclaim space
 
 Each ``fusionkit merge METHOD`` has its own options, built from the merge registry (``fusionkit merge ties --help``
 shows TIES's options and defaults; an option the method lacks is refused by name). Only the named command's
@@ -24,7 +25,7 @@ import json
 import sys
 
 from ._version import __version__
-from .core.errors import FusionkitError
+from .core.errors import FusionkitError, one_line_warnings
 from .core.profiles import PROFILES
 from .core.runtime import PRECISIONS, quiet_transformers
 
@@ -38,9 +39,11 @@ def _assets(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':<22} {'kind':<17} {'source':<34} {'MB':>6}  cached")
+    print(f"{'name':<22} {'kind':<17} {'source':<34} {'MB':>6}  cached  {'on disk MB':>10}")
     for r in rows:
-        print(f"{r['name']:<22} {r['kind']:<17} {r['source']:<34} {r['size_mb']:>6}  {'yes' if r['cached'] else 'no'}")
+        print(f"{r['name']:<22} {r['kind']:<17} {r['source']:<34} {r['size_mb']:>6}  {'yes' if r['cached'] else 'no':<6}"
+              f"  {r['disk_mb']:>10}")
+    print("MB: the download; on disk: extracted or converted, in the cache (everything there: fusionkit cache list)")
     return 0
 
 
@@ -224,13 +227,26 @@ def _tour(args) -> int:
     return 0 if all(r["status"] == "ok" for r in rows) and rows else 1
 
 
-def _tour(args) -> int:
-    from .tour import format_table, run_tour
+def _cache(args) -> int:
+    from .core import inventory
+    from .core.cache import cache_root
 
-    out, rows = run_tour(args.profile, only=args.only, out=args.out, timeout=args.timeout)
-    print(format_table(rows))
-    print(f"executed notebooks, HTML and recorded numbers: {out}")
-    return 0 if all(r["status"] == "ok" for r in rows) and rows else 1
+    kinds = [k.strip() for k in args.kind.split(",")] if getattr(args, "kind", None) else None
+    if args.action == "path":
+        print(cache_root().joinpath(*([args.sub] if args.sub else [])))
+        return 0
+    if args.action == "list":
+        rows = [e.to_dict() for e in inventory.scan(kinds)]
+        text = inventory.format_list(rows)
+    elif args.action == "verify":
+        rows = inventory.verify(kinds, args.paths, move_aside=args.move_aside)
+        text = inventory.format_verify(rows)
+    else:
+        rows = inventory.prune(kinds, args.older_than and inventory.parse_age(args.older_than),
+                               args.max_size and inventory.parse_size(args.max_size), dry_run=args.dry_run)
+        text = inventory.format_prune(rows, args.dry_run)
+    print(json.dumps(rows, indent=2) if args.json else text)
+    return 1 if args.action == "verify" and any(r["state"] in ("damaged", "missing") for r in rows) else 0
 
 
 # ------------------------------------------------------------------------------------------ parsers
@@ -353,6 +369,24 @@ def _add_tour(t) -> None:
     t.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
 
 
+def _add_cache(c) -> None:
+    actions = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kind = argparse.ArgumentParser(add_help=False)
+    kind.add_argument("--kind", help="comma-separated kinds (top-level folders: experts, stats, models, ...)")
+    kind.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    actions.add_parser("list", parents=[kind], help="every artefact: kind, size, last used, what made it")
+    v = actions.add_parser("verify", parents=[kind], help="hash every file against its manifest; report damage")
+    v.add_argument("paths", nargs="*", help="folders outside the cache to check too (e.g. a merged model)")
+    v.add_argument("--move-aside", action="store_true", help="move damaged artefacts aside so the kit rebuilds them")
+    p = actions.add_parser("prune", parents=[kind], help="remove leftovers, damaged entries and chosen artefacts",
+                           description="Always removes damaged entries and temporaries of writes that died; "
+                                       "--kind, --older-than and --max-size choose artefacts too.")
+    p.add_argument("--older-than", help="artefacts last used longer ago than this (30d, 12h, 2w; a number is days)")
+    p.add_argument("--max-size", help="remove least recently used artefacts until the rest fit (500MB, 2GB)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    actions.add_parser("path", help="print the cache folder (or one kind's)").add_argument("sub", nargs="?")
+
+
 # command -> (one-line help, adds its arguments, runs it)
 COMMANDS = {
     "assets": ("fetch, verify and convert the offline base models and corpora", _add_assets, _assets),
@@ -361,6 +395,7 @@ COMMANDS = {
     "search": ("search merge weights without gradients: DFWE (nevergrad) or the Evolver", _add_search, _search),
     "distill": ("teach new entities by context distillation; before/after/baseline table", _add_distill, _distill),
     "tour": ("execute every notebook with papermill and print a table", _add_tour, _tour),
+    "cache": ("list, verify or prune the cache of models, experts and statistics; print its path", _add_cache, _cache),
 }
 
 
@@ -385,6 +420,7 @@ def _command(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    one_line_warnings()
     parser = build_parser(_command(argv) or "")
     args, extra = parser.parse_known_args(argv)
     try:

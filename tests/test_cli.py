@@ -59,6 +59,27 @@ def test_assets_list_json(capsys):
     assert main(["assets", "--list", "--json"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert {r["name"] for r in rows} >= {"minilm", "smollm2-135m"}
+    assert all(r["disk_mb"] == 0 and not r["cached"] for r in rows)  # a fresh cache: nothing extracted yet
+    assert main(["assets", "--list"]) == 0
+    assert "on disk MB" in capsys.readouterr().out
+
+
+def test_the_kits_warnings_print_as_one_line(capsys, monkeypatch):
+    import warnings
+
+    import fusionkit.models.zoo as zoo
+    from fusionkit.core.errors import CacheWarning, TaskError
+
+    def build_zoo(*a, **k):
+        warnings.warn("expert x at /c/experts/1 was damaged (...); moved it aside and building it again", CacheWarning)
+        raise TaskError("stop here; fix: x")
+
+    monkeypatch.setattr(zoo, "build_zoo", build_zoo)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        assert main(["zoo", "multitask"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "fusionkit: warning: expert x at /c/experts/1 was damaged (...); moved it aside and building it again"
 
 
 @pytest.mark.assets

@@ -188,6 +188,18 @@ def test_tokenizer_without_pad_token_is_refused(model, tok):
         score_probes(model, t, FACTS)
 
 
+def test_a_damaged_transfer_set_is_sampled_again_to_the_same_text(model, tok):
+    from fusionkit.core.cache import cache_root
+    from fusionkit.core.errors import CacheWarning
+
+    first = D.transfer_set(model, tok, entity(), cfg(), "tiny")
+    [path] = (cache_root() / "transfer").glob("*.json")
+    path.write_text(path.read_text()[:-20])  # truncated, as by a kernel killed mid-write by an older kit
+    with pytest.warns(CacheWarning, match="transfer set of Velmora Kestrin .* was damaged"):
+        assert D.transfer_set(model, tok, entity(), cfg(), "tiny") == first
+    assert D.transfer_set(model, tok, entity(), cfg(), "tiny") == first
+
+
 def test_empty_transfer_set_is_refused(model, tok):
     with pytest.raises(ValueError, match="empty transfer set"):
         D.prepare(model, tok, entity(), [], cfg())

@@ -7,6 +7,9 @@ before still catches it.
 """
 from __future__ import annotations
 
+import sys
+import warnings
+
 
 class FusionkitError(ValueError):
     """Bad input or an impossible request; the message says what to change."""
@@ -46,3 +49,22 @@ class DistillError(FusionkitError):
 
 class EntityFormatError(DistillError):
     """A line of an entities file does not follow the Entity Inferences format (the message names file:line)."""
+
+
+class CacheWarning(UserWarning):
+    """A damaged cache artefact was found and moved aside; the kit builds it again."""
+
+
+def one_line_warnings() -> None:
+    """Print the kit's own warnings as ``fusionkit: warning: ...`` (the command line's style); others as usual."""
+    show = warnings.showwarning
+    if getattr(show, "fusionkit", False):
+        return
+
+    def showwarning(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, CacheWarning):
+            print(f"fusionkit: warning: {message}", file=file or sys.stderr)
+        else:
+            show(message, category, filename, lineno, file, line)
+    showwarning.fusionkit = True
+    warnings.showwarning = showwarning

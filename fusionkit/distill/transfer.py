@@ -1,9 +1,13 @@
 """Transfer sets: the text a student is distilled on - the base model's own continuations of each definition
-(Padmanabhan et al. 2023, §3; self-generation is the kit's offline stand-in for the paper's stored sentences)."""
+(Padmanabhan et al. 2023, §3; self-generation is the kit's offline stand-in for the paper's stored sentences).
+
+Cached sets are obtained through :func:`~fusionkit.core.artefacts.obtain`: checked against their manifest on load,
+sampled again (same seed, same text) when damaged, and sampled once when two processes ask at the same time."""
 from __future__ import annotations
 
 import torch
 
+from ..core.artefacts import Artefact, obtain
 from ..core.cache import cache_dir, read_json, stable_hash, write_json
 from ..core.versioning import code_version
 from .config import DistillConfig
@@ -35,9 +39,20 @@ def transfer_set(model, tokenizer, entity: Entity, cfg: DistillConfig, model_id:
     recipe = {"model": model_id, "entity": entity.name, "definition": entity.definition, "n": n,
               "max_new_tokens": cfg.max_new_tokens, "top_p": cfg.top_p, "temperature": cfg.temperature,
               "seed": cfg.seed, "mention": "resample x2, then continue from the name", "code": code_version(__name__)}
-    path = cache_dir("transfer") / f"{stable_hash(recipe)}.json" if model_id else None
-    if path is not None and path.exists():
-        return read_json(path)["continuations"]
+    if not model_id:
+        return _generate(model, tokenizer, entity, cfg, n, rounds)
+    art = Artefact(cache_dir("transfer") / f"{stable_hash(recipe)}.json", False, f"transfer set of {entity.name}",
+                   f"transfer set of {entity.name}: {n} continuations by {model_id}, seed {cfg.seed}")
+
+    def sample(tmp):
+        conts = _generate(model, tokenizer, entity, cfg, n, rounds)
+        write_json(tmp, {"recipe": recipe, "continuations": conts})
+        return conts
+
+    return obtain(art, lambda path: read_json(path)["continuations"], sample)
+
+
+def _generate(model, tokenizer, entity: Entity, cfg: DistillConfig, n: int, rounds: int) -> list[str]:
     torch.manual_seed(cfg.seed + int(stable_hash(entity.name, 8), 16))
     good = []
     for _ in range(rounds):
@@ -48,7 +63,4 @@ def transfer_set(model, tokenizer, entity: Entity, cfg: DistillConfig, model_id:
         # Still too few mentions: put the name in front, and let the model go on from it so the text stays fluent.
         prompt = f"{entity.definition} {entity.name}"
         good += [f" {entity.name}{c}" for c in _sample(model, tokenizer, prompt, n - len(good), cfg)]
-    conts = good[:n]
-    if path is not None:
-        write_json(path, {"recipe": recipe, "continuations": conts})
-    return conts
+    return good[:n]

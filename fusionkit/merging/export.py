@@ -7,6 +7,11 @@
 * ``mergekit.yml`` where mergekit has the same method, so a merge found on small models can be repeated on large
   ones (``mergekit-yaml mergekit.yml OUT``). Fisher, RegMean, MagMax and the SVD merges (TSV-M, ISO-C, ISO-CTS)
   have no mergekit counterpart.
+* ``.manifest.json`` (:mod:`fusionkit.core.manifest`), written last: loading the folder through the kit
+  (``load_base``, ``fusionkit cache verify DIR``) says in one line if it was damaged since.
+
+The folder is written under a temporary name, fsynced and only then renamed into place, so an interrupted or
+killed save leaves the previous output as it was.
 """
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from pathlib import Path
 
 import yaml
 
+from ..core import manifest
 from ..core.cache import atomic_dir, sha256_file, write_json
 from ..core.errors import MergeError
 from ..core.versioning import package_versions
@@ -167,4 +173,7 @@ def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_l
         config = mergekit_config(merged, base_path)
         if config is not None:
             (tmp / "mergekit.yml").write_text(to_yaml(config))
+        manifest.record(tmp, True, f"merged model: {merged.method} of {', '.join(e.name for e in merged.experts)}",
+                        fix=f"the kit does not rebuild your outputs: merge again and save to {out} with overwrite=True "
+                            "(--overwrite on the command line; recipe.json there says how it was made)")
     return out

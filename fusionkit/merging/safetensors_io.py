@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from ..core.cache import atomic_file
 from ..core.errors import MergeError
 
 _DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
@@ -72,7 +73,8 @@ class SafetensorsWriter:
     """Write a safetensors file one tensor at a time: the header (names, dtypes, shapes, offsets) is known up
     front, so each tensor's bytes go to disk as soon as it is computed and nothing accumulates in memory.
 
-    The file is written under a temporary name and renamed into place on a clean exit (atomic).
+    The file is written under a temporary name, fsynced and renamed into place on a clean exit
+    (:func:`~fusionkit.core.cache.atomic_file`), so an interrupted write leaves any previous file as it was.
     """
 
     def __init__(self, path: str | os.PathLike, layout: dict[str, tuple[str, tuple[int, ...]]],
@@ -93,9 +95,8 @@ class SafetensorsWriter:
         self._next = 0
 
     def __enter__(self) -> "SafetensorsWriter":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
-        self._f = open(self._tmp, "wb")
+        self._atomic = atomic_file(self.path)
+        self._f = open(self._atomic.__enter__(), "wb")
         self._f.write(struct.pack("<Q", len(self._header)))
         self._f.write(self._header)
         return self
@@ -112,12 +113,11 @@ class SafetensorsWriter:
 
     def __exit__(self, exc_type, exc, tb) -> None:
         self._f.close()
-        if exc_type is None and self._next == len(self._order):
-            os.replace(self._tmp, self.path)
-            return
-        os.unlink(self._tmp)  # interrupted or incomplete: leave nothing that looks like a finished file
-        if exc_type is None:
-            raise MergeError(f"only {self._next} of {len(self._order)} tensors were written")
+        if exc_type is None and self._next < len(self._order):
+            exc = MergeError(f"only {self._next} of {len(self._order)} tensors were written")
+            self._atomic.__exit__(MergeError, exc, None)  # incomplete: leave nothing that looks like a finished file
+            raise exc
+        self._atomic.__exit__(exc_type, exc, tb)
 
 
 _FROM_NAME = {v: k for k, v in _DTYPES.items()}

@@ -11,12 +11,15 @@
 
 Statistics are saved as safetensors under ``cache/stats/<expert id>/`` named by a hash of what was measured and of
 this module's code (:func:`~fusionkit.core.versioning.code_version`), so changed measuring code measures again.
+They are obtained through :func:`~fusionkit.core.artefacts.obtain`: a damaged file is measured again, two processes
+measure once, and the file is fsynced before it is renamed into place.
 """
 from __future__ import annotations
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..core.artefacts import Artefact, obtain
 from ..core.cache import cache_dir, stable_hash
 from ..core.errors import MergeError
 from ..core.runtime import pick_device
@@ -105,12 +108,15 @@ def expert_stats(expert, kind: str, task: Task, **options) -> dict[str, torch.Te
     if kind not in MEASURES:
         raise MergeError(f"unknown statistics {kind!r}; fix: use one of {sorted(MEASURES)}")
     key = stable_hash({"kind": kind, "task": task.fingerprint(), "code": code_version(__name__), **options})
-    path = cache_dir("stats", expert.id) / f"{kind}-{key}.safetensors"
-    if path.exists():
-        return load_file(path)
-    model, tokenizer = expert.load()
-    stats = MEASURES[kind](model, tokenizer, task, **options)
-    tmp = path.with_suffix(".tmp")
-    save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp))
-    tmp.replace(path)
-    return stats
+    shown = ", ".join(f"{k} {v}" for k, v in sorted(options.items()))
+    art = Artefact(cache_dir("stats", expert.id) / f"{kind}-{key}.safetensors", False,
+                   f"{kind} statistics of expert {expert.name}",
+                   f"{kind} of expert {expert.name} ({expert.id}) on {task.name}" + (f", {shown}" if shown else ""))
+
+    def measure(tmp):
+        model, tokenizer = expert.load()
+        stats = MEASURES[kind](model, tokenizer, task, **options)
+        save_file({k: v.contiguous() for k, v in stats.items()}, str(tmp))
+        return stats
+
+    return obtain(art, lambda path: load_file(path), measure)

@@ -2,13 +2,16 @@
 
 An :class:`Expert` is a ``save_pretrained`` folder in the cache (safetensors, config with label names, tokenizer)
 plus ``recipe.json`` - base, task and its data fingerprint, hyperparameters, seed, the expert it started from,
-the version of the training code, its scores and package versions. :mod:`fusionkit.models.training` makes them.
+the version of the training code, its scores and package versions - and the ``.manifest.json`` every cached
+artefact has (:mod:`fusionkit.core.manifest`). :mod:`fusionkit.models.training` makes them; reading one whose files
+were damaged after it was found moves it aside and says so in one line, and the next request trains it again.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.artefacts import Artefact, guard, lookup
 from ..core.cache import cache_dir, read_json, sha256_file, stable_hash
 from ..core.errors import MergeError
 from ..core.runtime import pick_device
@@ -35,16 +38,20 @@ class Expert:
     def scores(self) -> dict:
         return self.recipe.get("scores", {})
 
+    @property
+    def artefact(self) -> Artefact:
+        return _artefact(self.path, self.name, self.recipe)
+
     def state_dict(self) -> dict:
         from safetensors.torch import load_file
 
-        return load_file(self.path / "model.safetensors")
+        return guard(self.artefact, lambda path: load_file(path / "model.safetensors"))
 
     def load(self, device="cpu"):
         """``(model, tokenizer)`` as plain transformers objects."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-        model = AutoModelForSequenceClassification.from_pretrained(self.path).to(pick_device(device))
+        model = guard(self.artefact, AutoModelForSequenceClassification.from_pretrained).to(pick_device(device))
         return model, AutoTokenizer.from_pretrained(self.path)
 
     @property
@@ -64,12 +71,32 @@ def expert_path(recipe: dict) -> Path:
     return cache_dir("experts") / stable_hash(recipe)
 
 
+def expert_summary(name: str, recipe: dict) -> str:
+    """An expert's recipe in a line, for ``fusionkit cache list``."""
+    t = recipe.get("train", {})
+    start = f" from expert {recipe['init']}" if recipe.get("init") else ""
+    start += "".join(f", {k} {recipe[k]}" for k in ("reinit", "permute") if recipe.get(k) is not None)
+    return (f"{name}: {recipe.get('task')} on {recipe.get('base')}{start}, seed {recipe.get('seed')}, "
+            f"{t.get('epochs')} epochs, lr {t.get('lr')}, max_length {t.get('max_length')}")
+
+
+def _artefact(path: Path, name: str, recipe: dict) -> Artefact:
+    return Artefact(path, True, f"expert {name}", expert_summary(name, recipe))
+
+
+def expert_artefact(recipe: dict, name: str) -> Artefact:
+    """The cache artefact the expert ``recipe`` makes (see :func:`~fusionkit.core.artefacts.obtain`)."""
+    return _artefact(expert_path(recipe), name, recipe)
+
+
+def load_expert(name: str):
+    """A loader for :func:`~fusionkit.core.artefacts.obtain`: the expert in a finished folder."""
+    return lambda path: Expert(name, path, read_json(path / "recipe.json"))
+
+
 def find_expert(recipe: dict, name: str) -> Expert | None:
-    """The cached expert made by ``recipe`` (named ``name``), or None."""
-    path = expert_path(recipe)
-    if (path / "recipe.json").exists() and (path / "model.safetensors").exists():
-        return Expert(name, path, read_json(path / "recipe.json"))
-    return None
+    """The cached expert made by ``recipe`` (named ``name``) if it is there and whole, or None."""
+    return lookup(expert_artefact(recipe, name), load_expert(name))
 
 
 def check_experts(experts: list[Expert]) -> None:

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..core.cache import atomic_dir, cache_dir, read_json, stable_hash, write_json
+from ..core.artefacts import Artefact, obtain
+from ..core.cache import cache_dir, read_json, stable_hash, write_json
 from ..core.errors import FusionkitError
 from ..core.profiles import Profile, get_profile
 from ..core.runtime import pick_device, quiet_transformers, seed_everything
@@ -86,11 +87,18 @@ def train_multitask(base: str, tasks: dict[str, Task], profile: str | Profile = 
         raise FusionkitError("a multi-task model needs at least one task; fix: pass {task name: Task}")
     profile = get_profile(profile).with_(**overrides)
     train = {k: getattr(profile, k) for k in ("max_length", "epochs", "batch_size", "lr")}
-    recipe = {"code": code_version(__name__, "fusionkit.models.fitting"), "base": base, "seed": seed, "train": train,
+    recipe = {"code": code_version(f"{__name__}:_train", "fusionkit.models.fitting"), "base": base, "seed": seed,
+              "train": train,
               "tasks": {t: {"fingerprint": task.fingerprint(), "labels": task.label_names} for t, task in tasks.items()}}
-    dest = cache_dir("multitask") / stable_hash(recipe)
-    if (dest / "recipe.json").exists():
-        return MultiTask(dest, read_json(dest / "recipe.json"))
+    art = Artefact(cache_dir("multitask") / stable_hash(recipe), True, "multi-task model",
+                   f"multi-task model: {', '.join(tasks)} on {base}, seed {seed}, {train['epochs']} epochs")
+    return obtain(art, lambda path: MultiTask(path, read_json(path / "recipe.json")),
+                  lambda tmp: _train(tmp, art, recipe, base, tasks, train, seed, device, quiet))
+
+
+def _train(tmp, art, recipe, base, tasks, train, seed, device, quiet) -> MultiTask:
+    """Train the multi-task model and write it into the folder ``tmp`` (moved to ``art.path`` after)."""
+    from safetensors.torch import save_file
 
     quiet_transformers()
     seed_everything(seed)
@@ -103,16 +111,13 @@ def train_multitask(base: str, tasks: dict[str, Task], profile: str | Profile = 
         models[t], tokenizer = model, tokenizer or tok
     run = fit(models, tokenizer, tasks, seed=seed, device=pick_device(device), desc="multi-task model", quiet=quiet,
               **train)
-    from safetensors.torch import save_file
-
     first = next(iter(models.values()))
     prefixes = head_prefixes(first)
     body = split_head(first.state_dict(), prefixes)[0]
     heads = {f"{t}{HEAD_SEP}{k}": v for t, m in models.items() for k, v in split_head(m.state_dict(), prefixes)[1].items()}
     meta = {**recipe, "head_prefixes": list(prefixes), "train_examples": run.examples, "steps": run.steps,
             "train_seconds": round(run.seconds, 1), "final_loss": run.final_loss, "versions": package_versions()}
-    with atomic_dir(dest, overwrite=True) as tmp:
-        save_file({k: v.detach().cpu().contiguous() for k, v in body.items()}, str(tmp / "body.safetensors"))
-        save_file({k: v.detach().cpu().contiguous() for k, v in heads.items()}, str(tmp / "heads.safetensors"))
-        write_json(tmp / "recipe.json", meta)
-    return MultiTask(dest, meta)
+    save_file({k: v.detach().cpu().contiguous() for k, v in body.items()}, str(tmp / "body.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in heads.items()}, str(tmp / "heads.safetensors"))
+    write_json(tmp / "recipe.json", meta)
+    return MultiTask(art.path, meta)

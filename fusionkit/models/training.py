@@ -3,15 +3,19 @@
 ``finetune(base, task, profile=...)`` trains with the kit's loop (:func:`~fusionkit.models.fitting.fit`: AdamW and
 a linear warm-up/decay schedule, the usual BERT fine-tuning recipe, Devlin et al. 2019), then writes the expert's
 folder atomically, named by a hash of everything that determines the weights - including
-:func:`~fusionkit.core.versioning.code_version` of this module and of the loop, so a change to the training code
-never reuses an expert the old code trained. Asking again returns
-the stored expert at once; an interrupted fine-tune leaves nothing that looks finished.
+:func:`~fusionkit.core.versioning.code_version` of the code that trains it (:func:`_train`, the feed-forward
+permutation and the loop), so a change to the training code never reuses an expert the old code trained, while
+a change to how experts are cached or loaded keeps them. Asking again returns the stored expert at once; an
+interrupted fine-tune leaves nothing that looks finished. Training runs inside
+:func:`~fusionkit.core.artefacts.obtain`: a damaged expert is trained again, and a second process asking for the
+same expert while the first trains it waits for it instead of training it too.
 """
 from __future__ import annotations
 
 import torch
 
-from ..core.cache import atomic_dir, write_json
+from ..core.artefacts import obtain
+from ..core.cache import write_json
 from ..core.errors import FusionkitError
 from ..core.profiles import Profile, get_profile
 from ..core.runtime import pick_device, quiet_transformers, seed_everything
@@ -19,7 +23,7 @@ from ..core.versioning import code_version, package_versions
 from ..data.assets import BASES, WHEELS, load_base
 from ..data.tasks import Task
 from .evaluator import Evaluator
-from .experts import Expert, expert_path, find_expert
+from .experts import Expert, expert_artefact, load_expert
 from .fitting import fit
 from .heads import head_prefixes
 
@@ -34,7 +38,7 @@ def expert_recipe(base: str, task: Task, profile: Profile, seed: int, init: Expe
     # "reinit"/"permute" enter only when used: a recipe names only what shaped the weights.
     extra = {k: v for k, v in (("reinit", reinit), ("permute", permute)) if v is not None}
     return {
-        "code": code_version(__name__, "fusionkit.models.fitting"),
+        "code": code_version(f"{__name__}:_train", f"{__name__}:permute_ffn_units", "fusionkit.models.fitting"),
         "base": base,
         "base_source": _base_source(base),
         "init": init.id if init is not None else None,
@@ -86,10 +90,13 @@ def finetune(base: str, task: Task, profile: str | Profile = "smoke", seed: int 
     profile = get_profile(profile).with_(**overrides)
     name = name or task.name
     recipe = expert_recipe(base, task, profile, seed, init, reinit, permute)
-    found = find_expert(recipe, name)
-    if found is not None:
-        return found
+    art = expert_artefact(recipe, name)
+    return obtain(art, load_expert(name), lambda tmp: _train(tmp, art, recipe, base, task, profile, seed, init,
+                                                              name, device, quiet, reinit, permute))
 
+
+def _train(tmp, art, recipe, base, task, profile, seed, init, name, device, quiet, reinit, permute) -> Expert:
+    """Train the expert ``recipe`` describes and save it into the folder ``tmp`` (moved to ``art.path`` after)."""
     quiet_transformers()
     seed_everything(seed)
     model, tokenizer = load_base(base, labels=task.label_names)
@@ -115,9 +122,7 @@ def finetune(base: str, task: Task, profile: str | Profile = "smoke", seed: int 
             "train_seconds": round(run.seconds, 1), "train_examples": run.examples, "steps": run.steps,
             "final_loss": run.final_loss,
             "head_prefixes": list(head_prefixes(model)), "versions": package_versions()}
-    dest = expert_path(recipe)
-    with atomic_dir(dest, overwrite=True) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        write_json(tmp / "recipe.json", meta)
-    return Expert(name, dest, meta)
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    write_json(tmp / "recipe.json", meta)
+    return Expert(name, art.path, meta)

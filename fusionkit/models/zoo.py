@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core.artefacts import Artefact, obtain
 from ..core.cache import cache_dir, read_json, stable_hash, write_json
 from ..core.errors import FusionkitError
 from ..core.profiles import Profile, get_profile
@@ -74,23 +75,27 @@ class Zoo:
         key = stable_hash([self.name, [e.id for e in self.experts],
                            {t: task.fingerprint() for t, task in self.tasks.items()}])
         suffix = "" if precision == "float32" else f"-{precision}"
-        path = cache_dir("zoos") / f"{self.name}-{self.profile.name}-{key}{suffix}.json"
-        if path.exists():
-            self._matrices[precision] = read_json(path)
-            return self._matrices[precision]
-        ev = evaluator or self.evaluator()
-        heads = self.heads()
-        matrix = {}
-        for e in self.experts:
-            body, own_head = e.body_and_head()
-            row = {}
-            for t, task in self.tasks.items():
-                head = head_for(t, e.task, own_head, heads)
-                row[t] = {s: round(ev.score(task, s, params=body, head=head), 4) for s in SPLITS}
-            matrix[e.name] = row
-        write_json(path, matrix)
-        self._matrices[precision] = matrix
-        return matrix
+        art = Artefact(cache_dir("zoos") / f"{self.name}-{self.profile.name}-{key}{suffix}.json", False,
+                       f"the {self.name} zoo's score matrix",
+                       f"zoo {self.name} ({self.profile.name}): {len(self.experts)} experts x {len(self.tasks)} tasks, "
+                       f"{precision}")
+
+        def score(tmp):
+            ev = evaluator or self.evaluator()
+            heads = self.heads()
+            matrix = {}
+            for e in self.experts:
+                body, own_head = e.body_and_head()
+                row = {}
+                for t, task in self.tasks.items():
+                    head = head_for(t, e.task, own_head, heads)
+                    row[t] = {s: round(ev.score(task, s, params=body, head=head), 4) for s in SPLITS}
+                matrix[e.name] = row
+            write_json(tmp, matrix)
+            return matrix
+
+        self._matrices[precision] = obtain(art, read_json, score)
+        return self._matrices[precision]
 
     def multitask_model(self, quiet: bool = False):
         """The zoo's multi-task reference: one body, a head per task, trained on the union of the experts' training
