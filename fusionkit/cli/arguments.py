@@ -1,0 +1,147 @@
+"""The arguments of each ``fusionkit`` command: one function per command that adds them to its parser. Choices
+come from where they are defined (the zoos, the merge registry, the profiles), so the command line cannot drift."""
+from __future__ import annotations
+
+import argparse
+
+from ..core.profiles import PROFILES
+from ..core.runtime import PRECISIONS
+
+PRECISION_HELP = "scoring forwards: float32 (default), bfloat16 autocast, or auto (bfloat16 where native)"
+
+
+def profile(p) -> None:
+    p.add_argument("--profile", choices=list(PROFILES), default="smoke")
+
+
+def as_bool(text: str) -> bool:
+    return text.lower() in ("1", "true", "yes", "on")
+
+
+def assets(a) -> None:
+    a.add_argument("--list", action="store_true", help="only list the assets and whether they are cached")
+    a.add_argument("--json", action="store_true")
+
+
+def zoo(z) -> None:
+    from ..models.zoo import ZOOS
+
+    z.add_argument("name", choices=sorted(ZOOS))
+    profile(z)
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+
+
+def merge(m) -> None:
+    from ..merging.methods.fisher import VARIANTS
+    from ..merging.registry import METHODS
+    from ..models.zoo import ZOOS
+
+    m.add_argument("--list", action="store_true", help="list the methods and their options")
+    m.add_argument("--json", action="store_true", help="with --list: one JSON object")
+    common = argparse.ArgumentParser(add_help=False)
+    g = common.add_argument_group("zoo and output")
+    g.add_argument("--zoo", choices=sorted(ZOOS), default="multitask")
+    g.add_argument("--experts", help="comma-separated expert names (default: the whole zoo)")
+    profile(g)
+    g.add_argument("--seed", type=int, default=0, help="seeds the zoo, the base head, statistics and random masks")
+    g.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
+    g.add_argument("--out", help="write the merged model folder(s) + recipe.json (+ mergekit.yml) here")
+    g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    methods = m.add_subparsers(dest="method", metavar="METHOD", title="methods (fusionkit merge METHOD --help)")
+    for meth in METHODS.values():
+        sp = methods.add_parser(meth.name, parents=[common], help=meth.summary,
+                                description=f"{meth.summary}\nreference: {meth.reference}",
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+        own = sp.add_argument_group(f"{meth.name} options")
+        for k, o in meth.options.items():
+            if k == "seed":  # the global --seed
+                continue
+            kind = as_bool if isinstance(o.default, bool) else type(o.default)
+            rule = f"; {o.rule}" if o.rule else ""
+            own.add_argument(f"--{k}", type=kind, default=None, help=f"{o.help} (default: {o.default!r}{rule})")
+        if meth.stats == "fisher":
+            own.add_argument("--fisher-variant", choices=VARIANTS, default="sample",
+                             help="label of log p(y|x): sampled (true Fisher), argmax, or gold (empirical)")
+        if meth.level == "tensor":
+            own.add_argument("--weights", help="comma-separated coefficients, one per expert")
+            own.add_argument("--include", help="comma-separated parameter-name globs to merge (default all)")
+            own.add_argument("--exclude", help="comma-separated parameter-name globs to leave at the base / average")
+
+
+def search(s) -> None:
+    from ..merging.registry import METHODS
+    from ..models.zoo import ZOOS
+    from ..search.evolver import ACCEPTANCE, MUTATIONS
+    from ..search.interpolation import PARAMETRIZATIONS
+
+    s.add_argument("method", choices=["dfwe", "evolve"])
+    s.add_argument("--zoo", choices=sorted(ZOOS), help="default: transfer for dfwe, multitask for evolve")
+    profile(s)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--num-workers", type=int, default=1, help="evaluate this many candidates at once (threads)")
+    s.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
+    g = s.add_argument_group("dfwe")
+    g.add_argument("--optimizer", default="NGOpt", help="any nevergrad optimiser name (NGOpt, CMA, DE, PSO, ...)")
+    g.add_argument("--budget", type=int, default=30, help="evaluations on dev data")
+    g.add_argument("--parametrization", choices=PARAMETRIZATIONS, default="simplex")
+    g.add_argument("--l1", type=float, default=0.0, help="penalty l1 * mean|w| added to the loss -dev")
+    g = s.add_argument_group("evolve")
+    mergers = [m.name for m in METHODS.values() if m.level == "tensor" and m.n_experts is None]
+    g.add_argument("--merger", default="average", choices=mergers + ["none"],
+                   help="merge the population with this method (none: compare offspring with parents directly)")
+    g.add_argument("--F", type=float, default=0.5, help="mutation scale in (0, 1]")
+    g.add_argument("--CR", type=float, default=0.5, help="crossover rate in (0, 1]")
+    g.add_argument("--generations", type=int, default=3)
+    g.add_argument("--mutation", choices=MUTATIONS, default="current-to-other")
+    g.add_argument("--acceptance", choices=ACCEPTANCE, default="batch",
+                   help="batch: a generation's offspring scored together (the kit's); sequential: one at a time in "
+                        "random order, kept at once when the merge improves (the reference code)")
+    s.add_argument("--out", help="write the best model folder(s) + recipe.json here")
+    s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    s.add_argument("--json", action="store_true")
+
+
+def distill(d) -> None:
+    d.add_argument("--entities", default="bundled", help="bundled or a path to Entity Inferences JSON lines")
+    d.add_argument("--split", choices=["dev", "test"], default="test")
+    d.add_argument("--limit", type=int, help="at most this many entities (default: the profile's)")
+    d.add_argument("--multi", action="store_true", help="inject all entities into one student (shuffled)")
+    profile(d)
+    d.add_argument("--model", default="smollm2-135m", help="a bundled causal base, a local folder or a hub id")
+    d.add_argument("--lr", type=float)
+    d.add_argument("--steps", type=int, help="steps per continuation")
+    d.add_argument("--continuations", type=int, help="continuations per entity")
+    d.add_argument("--params", help="which parameters train: all, mlp or layers:A-B")
+    d.add_argument("--tau", type=float, help="distillation temperature (default 2)")
+    d.add_argument("--clip", type=float, help="max gradient norm (0 = none)")
+    d.add_argument("--after-mention", action="store_true", help="distil only positions after the entity mention")
+    d.add_argument("--no-reset", action="store_true", help="keep one AdamW state across continuations")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--json", action="store_true")
+
+
+def tour(t) -> None:
+    profile(t)
+    t.add_argument("--only", nargs="*", help="run only notebooks whose file name contains one of these")
+    t.add_argument("--out", help="output folder (default runs/<timestamp>)")
+    t.add_argument("--timeout", type=int, default=1800, help="seconds per cell")
+
+
+def cache(c) -> None:
+    actions = c.add_subparsers(dest="action", required=True, metavar="ACTION")
+    kind = argparse.ArgumentParser(add_help=False)
+    kind.add_argument("--kind", help="comma-separated kinds (top-level folders: experts, stats, models, ...)")
+    kind.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    actions.add_parser("list", parents=[kind], help="every artefact: kind, size, last used, what made it")
+    v = actions.add_parser("verify", parents=[kind], help="hash every file against its manifest; report damage")
+    v.add_argument("paths", nargs="*", help="folders outside the cache to check too (e.g. a merged model)")
+    v.add_argument("--move-aside", action="store_true", help="move damaged artefacts aside so the kit rebuilds them")
+    p = actions.add_parser("prune", parents=[kind], help="remove leftovers, damaged entries and chosen artefacts",
+                           description="Always removes damaged entries and temporaries of writes that died; "
+                                       "--kind, --older-than and --max-size choose artefacts too.")
+    p.add_argument("--older-than", help="artefacts last used longer ago than this (30d, 12h, 2w; a number is days)")
+    p.add_argument("--max-size", help="remove least recently used artefacts until the rest fit (500MB, 2GB)")
+    p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    actions.add_parser("path", help="print the cache folder (or one kind's)").add_argument("sub", nargs="?")
