@@ -51,3 +51,10 @@ def test_an_expert_is_scored_on_another_task_with_that_tasks_head():
     own, other = {"w": torch.zeros(1)}, {"w": torch.ones(1)}
     assert head_for("t1", "t1", own, {"t1": other}) is own
     assert head_for("t2", "t1", own, {"t2": other}) is other
+
+
+def test_heads_come_from_states_already_read():
+    a, b = FakeExpert("a", "t1", ["x", "y"], 0), FakeExpert("b", "t2", ["p", "q", "r"], 2)
+    states = [a.state_dict(), b.state_dict()]
+    states[0] = {**states[0], "classifier.weight": torch.zeros(2, 3)}  # the caller's copy is the one used
+    assert torch.equal(head_policy([a, b], states=states).heads["t1"]["classifier.weight"], torch.zeros(2, 3))

@@ -60,8 +60,8 @@ def merge_experts(method: str, experts: list[Expert], train_tasks: dict | None =
     if "seed" in m.options:
         options.setdefault("seed", seed)
     t0 = time.perf_counter()
-    policy = head_policy(experts)
     states = [e.state_dict() for e in experts]
+    policy = head_policy(experts, states=states)
     names = list(policy.fused_part(states[0]))
     base_sd = base_state(base, experts[0].recipe["labels"], seed) if m.needs_base else None
     stats = None

@@ -45,12 +45,13 @@ def shared_label_space(experts) -> bool:
     return all(e.recipe["labels"] == experts[0].recipe["labels"] for e in experts)
 
 
-def task_heads(experts, tasks=None) -> dict[str, StateDict]:
-    """Per task (all the experts' tasks, or those in ``tasks``), the head of the first expert trained on it."""
+def task_heads(experts, tasks=None, states: list[StateDict] | None = None) -> dict[str, StateDict]:
+    """Per task (all the experts' tasks, or those in ``tasks``), the head of the first expert trained on it;
+    ``states`` (the experts' state dicts, when the caller has them) saves reading them again."""
     heads = {}
-    for e in experts:
+    for i, e in enumerate(experts):
         if (tasks is None or e.task in tasks) and e.task not in heads:
-            heads[e.task] = e.body_and_head()[1]
+            heads[e.task] = split_head(states[i], e.head_prefixes)[1] if states is not None else e.body_and_head()[1]
     return heads
 
 
@@ -89,15 +90,16 @@ class HeadPolicy:
             raise FusionkitError(f"no head for task(s) {missing}; fix: pass heads={{task: head_state}}")
 
 
-def head_policy(experts, heads: dict[str, StateDict] | None = None) -> HeadPolicy:
+def head_policy(experts, heads: dict[str, StateDict] | None = None,
+                states: list[StateDict] | None = None) -> HeadPolicy:
     """The policy for fusing ``experts``: given ``heads`` are kept; else a shared label space fuses heads with the
-    bodies; else each task keeps the head of its first expert."""
+    bodies; else each task keeps the head of its first expert (read from ``states`` when given)."""
     prefixes = experts[0].head_prefixes
     if heads is not None:
         return HeadPolicy(prefixes, dict(heads))
     if shared_label_space(experts):
         return HeadPolicy(prefixes, None)
-    return HeadPolicy(prefixes, task_heads(experts))
+    return HeadPolicy(prefixes, task_heads(experts, states=states))
 
 
 def base_state(base: str, labels: list[str], seed: int) -> StateDict:

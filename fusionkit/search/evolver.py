@@ -146,9 +146,9 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
     check_executor(executor)
     method = get_method(merger) if merger is not None else None
 
-    policy = head_policy(experts, heads)
-    policy.require(tasks)
     states = [e.state_dict() for e in experts]
+    policy = head_policy(experts, heads, states)
+    policy.require(tasks)
     names = policy.float_names(states[0])
     base = stats = None
     if method is not None and method.needs_base:
