@@ -251,7 +251,8 @@ def test_bundled_entities_if_present():
     if not (DATA / "entities.jsonl").exists():
         pytest.fail("fusionkit/data/entities.jsonl is missing")
     dev, test = load_entities("bundled", "dev"), load_entities("bundled", "test")
-    assert len(dev) + len(test) >= 60 and not {e.name for e in dev} & {e.name for e in test}
+    # enough entities that a few points are measurable: dev >= 30 to choose settings on, test >= 120
+    assert len(dev) >= 30 and len(test) >= 120 and not {e.name for e in dev} & {e.name for e in test}
     for e in dev + test:
         kinds = {p.probe_type for p in e.probes}
         assert {"explicit", "implicit"} <= kinds, e.name
@@ -325,3 +326,56 @@ def test_ecbd_only_run_reports_gold_span_perplexity(model, tok, tmp_path, monkey
     assert "explicit_acc" in D.format_table(mixed) and mixed["results"]["distill"]["explicit_acc"] is not None
     assert mixed["results"]["distill"]["specificity_acc"] is None
     assert mixed["results"]["distill"]["specificity_nll_delta"] is not None
+
+
+# ------------------------------------------------------------------------------- the reference's protocol
+def test_finetune_baseline_is_one_optimizer_for_ft_steps_at_its_own_lr(model, tok):
+    """As the reference: ft_steps steps on the definition under one AdamW (no resets), at ft_lr."""
+    seen = []
+    orig = torch.optim.AdamW
+
+    class Spy(orig):
+        def __init__(self, params, lr, **kw):
+            seen.append(lr)
+            super().__init__(params, lr=lr, **kw)
+
+    student = __import__("copy").deepcopy(model)
+    torch.optim.AdamW = Spy
+    try:
+        hist = D.finetune_definition(student, tok, entity(), cfg(ft_steps=3, ft_lr=5e-3))
+    finally:
+        torch.optim.AdamW = orig
+    assert len(hist) == 3 and seen == [5e-3]  # three steps, one optimizer, its own lr
+    assert hist[-1]["loss"] < hist[0]["loss"]  # and it learns the definition
+    with pytest.raises(ValueError, match="ft_steps"):
+        cfg(ft_steps=0)
+
+
+def test_specificity_is_reported_for_facts_and_other_entities_apart(model, tok):
+    other = Entity("Orsk", "place", "dev", "Orsk is an island near Crete .",
+                   [Probe("o-explicit", "Orsk", "explicit", "orsk is near <extra_id_0> .",
+                          ("crete", "paris", "malta"), "crete")])
+    rep = D.run(model, tok, [entity(), other], FACTS, cfg(), finetune=False)
+    spec = rep["raw"]["distill"]["spec"]
+    assert {r["kind"] for r in spec} == {"fact", "entity"}
+    assert all(r["kind"] == ("fact" if r["uid"] == FACTS[0].uid else "entity") for r in spec)
+    res = rep["results"]["distill"]
+    facts_after = [float(r["correct"]) for r in spec if r["kind"] == "fact"]
+    facts_before = [float(r["correct"]) for r in rep["raw"]["distill"]["spec_before"] if r["kind"] == "fact"]
+    assert res["specificity_facts_delta"] == pytest.approx(sum(facts_after) / len(facts_after)
+                                                           - sum(facts_before) / len(facts_before))
+    assert res["specificity_entities_delta"] is not None
+
+
+def test_transfer_quality_counts_sentences_that_restate_the_answers():
+    q = D.transfer_quality(entity(), [" velmora kestrin lives on orsk .", " she is a glassblower in orsk .",
+                                      " nothing here ."])
+    assert q["explicit"] == pytest.approx(2 / 3) and q["implicit"] == pytest.approx(1 / 3)
+    assert q["mentions"] == pytest.approx(1 / 3)
+
+
+def test_chat_transfer_needs_a_chat_template(model, tok):
+    with pytest.raises(ValueError, match="chat template"):
+        D.transfer_set(model, tok, entity(), cfg(transfer="chat"))
+    with pytest.raises(ValueError, match="sample or chat"):
+        cfg(transfer="gpt")

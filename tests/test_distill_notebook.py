@@ -19,6 +19,15 @@ def test_07_knowledge_distillation(tmp_path):
     assert rec["kl_drop"] > 0  # a step on a continuation lowers its KL
     assert 0 < rec["drift"] < 1.0 and 0 < rec["finetune_drift"] < 5.0  # a few small steps: small, nonzero drift
     assert rec["gap_closed"] is not None and -5 < rec["gap_closed"] < 1.5
+    assert rec["finetune_steps"] == 5  # the reference's baseline: ft_steps under one optimizer, not distill's schedule
+    for m, split in rec["specificity_split"].items():  # facts and other entities, reported apart
+        assert all(v is None or -1 <= v <= 1 for v in split.values()), m
+    assert set(rec["transfer_quality"]) == {"sample", "chat"}
+    for q in rec["transfer_quality"].values():
+        assert q["mentions"] == 1.0 and all(0 <= q[k] <= 1 for k in ("explicit", "implicit"))  # the mention rule
+    c = rec["claim"]
+    assert c["n"] == rec["n_entities"] and c["lo"] <= c["diff"] <= c["hi"]  # one implicit probe per entity
+    assert c["diff"] == pytest.approx(rec["implicit_acc"]["distill"] - rec["implicit_acc"]["finetune"])
     assert (tmp_path / "07_knowledge_distillation.html").stat().st_size > 10_000
 
 

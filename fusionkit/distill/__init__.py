@@ -11,9 +11,10 @@ from .probes import chance, score_probes
 from .runs import format_table, multi_entity_curve, probe_rows, results_from, run
 from .training import (Target, distill, finetune_definition, kl_drop, kl_loss, make_target, position_kl, prepare,
                        select_params, target_kl)
+from .transfer import quality as transfer_quality
 from .transfer import transfer_set
 
 __all__ = ["CALLBACK_KEYS", "METHODS", "SETTINGS", "DistillConfig", "settings", "Entity", "Probe", "load_entities",
            "load_facts", "read_entities", "chance", "score_probes", "format_table", "multi_entity_curve", "probe_rows",
            "results_from", "run", "Target", "distill", "finetune_definition", "kl_drop", "kl_loss", "make_target",
-           "position_kl", "prepare", "select_params", "target_kl", "transfer_set"]
+           "position_kl", "prepare", "select_params", "target_kl", "transfer_quality", "transfer_set"]

@@ -14,7 +14,8 @@ Teach a model a new entity's definition d so it can *use* it, not only recite it
    AdamW (optionally reset per continuation) for ``steps`` steps on each continuation.
 3. **Single entity**: one student, restored from the pristine weights (the teacher's own state dict) before each
    entity. **Multi entity**: every (entity, continuation) pair, shuffled by seed, into one student.
-4. **Baselines** in the same run: no update; fine-tuning on d (LM loss, same steps and lr); d prepended at test
+4. **Baselines** in the same run: no update; fine-tuning on d (LM loss; as the reference, its own lr and
+   ``ft_steps`` steps under one AdamW); d prepended at test
    time (the upper bound, no training). "Before" numbers always come from the untouched teacher.
 
 An empty definition makes teacher = student, so the loss is 0 and nothing moves (a unit test checks it).
@@ -48,12 +49,23 @@ def _probe_logger(tokenizer, probes: list[Probe], heldout: list[Target], tau: fl
     return on_probe
 
 
+def _delta(after: list[dict], before: list[dict]) -> float | None:
+    a, b = summarize(after)["acc"], summarize(before)["acc"]
+    return None if a is None or b is None else a - b
+
+
 def _aggregate(rows: list[dict], spec: list[dict], spec_before: list[dict], drift: list[float]) -> dict:
+    """Own probes' scores, and specificity (after − before) over all specificity probes and, separately, over
+    the well-known facts and the other entities' probes (which start near the model's prior, as in the paper)."""
     own = summarize(rows)
     after, before = summarize(spec), summarize(spec_before)
+    is_fact = [r.get("kind") == "fact" for r in spec]
+    part = lambda rs, fact: [r for r, f in zip(rs, is_fact) if f == fact]  # noqa: E731
     return {**{k: own[k] for k in ("explicit_acc", "implicit_acc", "acc", "gold_logprob", "gold_nll", "gold_ppl")},
             "specificity_acc": after["acc"], "specificity_before": before["acc"],
             "specificity_delta": None if after["acc"] is None else after["acc"] - before["acc"],
+            "specificity_facts_delta": _delta(part(spec, True), part(spec_before, True)),
+            "specificity_entities_delta": _delta(part(spec, False), part(spec_before, False)),
             "specificity_nll_delta": None if after["gold_nll"] is None else after["gold_nll"] - before["gold_nll"],
             "drift": sum(drift) / len(drift) if drift else 0.0, "probes": own["n"]}
 
@@ -89,7 +101,9 @@ def run(model, tokenizer, entities: list[Entity], facts: list[Probe], cfg: Disti
     check_unique(probes + facts)  # every per-probe table below is keyed by uid, every per-entity one by name
     if len({e.name for e in entities}) < len(entities):
         raise DistillError("two entities share a name; fix: merge their probes into one Entity or rename one")
-    before = {r["uid"]: r for r in score_probes(teacher, tokenizer, probes + facts)}
+    fact_uids = {p.uid for p in facts}
+    before = {r["uid"]: {**r, "kind": "fact" if r["uid"] in fact_uids else "entity"}
+              for r in score_probes(teacher, tokenizer, probes + facts)}
     prepend = score_probes(teacher, tokenizer, probes, {e.name: e.definition for e in entities})
     drift = DriftMeter(teacher, tokenizer)
     transfer, targets, heldout = {}, {}, {}
@@ -105,7 +119,7 @@ def run(model, tokenizer, entities: list[Entity], facts: list[Probe], cfg: Disti
 
     def measure(method, own, spec):
         out[method]["rows"] += score_probes(student, tokenizer, own)
-        out[method]["spec"] += score_probes(student, tokenizer, spec)
+        out[method]["spec"] += [{**r, "kind": before[r["uid"]]["kind"]} for r in score_probes(student, tokenizer, spec)]
         out[method]["spec_before"] += [before[p.uid] for p in spec]
         out[method]["drift"].append(drift(student))
 

@@ -5,7 +5,7 @@ computed once), the τ²·KL loss over continuation positions, parameter subsets
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -151,11 +151,14 @@ def kl_drop(curve: list[dict], steps: int) -> float:
 
 
 def finetune_definition(student, tokenizer, entity: Entity, cfg: DistillConfig) -> list[dict]:
-    """The fine-tuning baseline: LM loss on the definition, as many steps (and resets) as distillation takes."""
+    """The fine-tuning baseline as in the reference code: LM loss on the definition alone, ``cfg.ft_steps`` steps
+    under one AdamW at its own lr ``cfg.ft_lr`` (chosen on dev like distillation's; default ``cfg.lr``) - not
+    distillation's schedule of resets, which would hand the baseline a different optimiser."""
     ids = torch.tensor([token_ids(tokenizer, entity.definition)], device=next(student.parameters()).device)
     if ids.shape[1] < 2:
         raise DistillError(f"definition of {entity.name!r} is too short to fine-tune on")
-    hist = _train(student, [entity] * cfg.continuations, cfg, lambda m, _: m(input_ids=ids, labels=ids).loss)
+    own = replace(cfg, lr=cfg.ft_lr or cfg.lr, steps=cfg.ft_steps, reset_optimizer=False)
+    hist = _train(student, [entity], own, lambda m, _: m(input_ids=ids, labels=ids).loss)
     return [{"step": h["step"], "loss": h["kl"]} for h in hist]
 
 
