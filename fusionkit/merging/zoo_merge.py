@@ -6,8 +6,11 @@ too, with the same method. Methods that need θ₀ get the base model as the exp
 (:func:`~fusionkit.models.heads.base_state`). Zoo-level methods (greedy soup) are dispatched here too, through
 the same registry.
 
-Two reference points that are not merges sit beside every merge: each expert alone, and the logit ensemble
-(the mean of the experts' logits: N forward passes, the accuracy a merge tries to reach in one).
+Reference points that are not merges sit beside every merge (RegMean's, Jin et al. 2023 §4): each expert alone;
+where the experts share one label space, the logit ensemble (the mean of the experts' logits: N forward passes,
+the accuracy a merge tries to reach in one); where they do not, the multi-task model (one body trained on every
+task's data, :mod:`fusionkit.models.multitask`) - averaging task t's head over bodies that never trained with it
+is not an ensemble of anything.
 """
 from __future__ import annotations
 
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from ..core.errors import MergeError
 from ..models.evaluator import Evaluator
 from ..models.experts import Expert, check_experts
-from ..models.heads import base_state, head_for, head_policy, split_head
+from ..models.heads import base_state, head_for, head_policy, shared_label_space, split_head
 from ..models.zoo import Zoo
 from .merge import merge
 from .registry import get_method
@@ -104,8 +107,12 @@ def score_merged(merged: Merged, zoo: Zoo, evaluator: Evaluator, splits=SPLITS) 
 
 
 def ensemble_scores(zoo: Zoo, evaluator: Evaluator, experts: list[Expert] | None = None, splits=SPLITS) -> dict:
-    """The logit ensemble: per task, the mean logits of every expert's body with that task's head."""
+    """The logit ensemble: per task, the mean of every expert's logits (experts that share one label space)."""
     experts = experts or zoo.experts
+    if not shared_label_space(experts):
+        raise MergeError(f"the logit ensemble needs experts that share one label space; zoo {zoo.name!r} mixes "
+                         f"{len({tuple(e.recipe['labels']) for e in experts})}; fix: compare with the multi-task "
+                         "model (zoo.multitask_model(), score_merged) instead")
     parts = [e.body_and_head() for e in experts]
     heads = zoo.heads()
     return {t: {s: round(evaluator.ensemble_score(
@@ -116,9 +123,11 @@ def ensemble_scores(zoo: Zoo, evaluator: Evaluator, experts: list[Expert] | None
 
 def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evaluator: Evaluator | None = None,
                  **options) -> tuple[Merged, dict]:
-    """Merge, then score the result next to each expert and the ensemble: what ``fusionkit merge`` prints.
+    """Merge, then score the result next to each expert and its reference: what ``fusionkit merge`` prints.
 
-    Returns the merged model and ``{"method", "options", "results", "ensemble", "experts", "notes", ...}``.
+    Returns the merged model and ``{"method", "options", "results", "ensemble", "multitask", "experts", "notes",
+    ...}``: ``ensemble`` where the experts share one label space, ``multitask`` (the zoo's multi-task model, trained
+    once and cached) where they do not and the whole zoo is merged; each is None otherwise.
     """
     ev = evaluator or zoo.evaluator()
     merged = merge_zoo(method, zoo, experts, evaluator=ev, **options)
@@ -127,7 +136,10 @@ def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evalua
         "method": method, "zoo": zoo.name, "profile": zoo.profile.name, "options": merged.options,
         "weights": merged.weights, "heads": "merged" if merged.heads_merged else "kept per task",
         "results": score_merged(merged, zoo, ev),
-        "ensemble": ensemble_scores(zoo, ev, merged.experts),
+        "ensemble": ensemble_scores(zoo, ev, merged.experts) if shared_label_space(merged.experts) else None,
+        "multitask": score_merged(zoo.multitask_model(quiet=True), zoo, ev)
+        if not shared_label_space(merged.experts) and len(merged.experts) == len(zoo.experts) and zoo.train_tasks
+        else None,
         "experts": {e.name: matrix[e.name] for e in merged.experts},
         "chance": {t: round(task.chance("test"), 4) for t, task in zoo.tasks.items()},
         "notes": merged.notes, "merge_seconds": round(merged.seconds, 2),
