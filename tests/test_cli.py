@@ -113,7 +113,9 @@ def test_merge_cli_json_and_saved_folder_scores_the_same(tmp_path):
     data = json.loads(proc.stdout)
     assert data["method"] == "ties" and data["options"]["density"] == 0.2
     tasks = {"sentiment", "subjectivity", "topic", "reuters", "author"}
-    assert set(data["results"]) == tasks and set(data["ensemble"]) == tasks and len(data["experts"]) == 5
+    assert set(data["results"]) == tasks and len(data["experts"]) == 5
+    # five label spaces: no logit "ensemble"; the multi-task model is the reference instead
+    assert data["ensemble"] is None and set(data["multitask"]) == tasks
     assert all(set(s) == {"validation", "test"} and 0 <= s["test"] <= 1 for s in data["results"].values())
     assert (out / "mergekit.yml").read_text().startswith("merge_method: ties")
     zoo = build_zoo("multitask", "smoke", quiet=True)
@@ -145,7 +147,11 @@ def test_search_smoke_json(method, extra, history_key, tmp_path):
     assert 0 < data["best"]["dev"] <= 1 and all(0 < v <= 1 for v in data["best"]["test"].values())
     assert data["baselines"] and all({"dev", "test"} <= set(b) for b in data["baselines"].values())
     if method == "dfwe":
-        assert "pretrain→finetune" in data["baselines"] and len(data["best"]["weights"]) == 4
+        # FETA's two baselines; the target-only fine-tune is in the pool too (four sources + it)
+        assert "Pretrain→Finetune (target only)" in data["baselines"] and len(data["best"]["weights"]) == 5
+        assert any(k.startswith("Source→Target, best by dev") for k in data["baselines"])
+        assert "sentiment (target only)" in data["best"]["weights"]
+        assert data["dev_examples"] == 300  # the whole smoke dev split, not the first 60
     assert (out / "recipe.json").exists()
 
 

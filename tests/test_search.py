@@ -195,7 +195,7 @@ def test_mutation_and_crossover_follow_the_formulas():
 def test_evolve_never_falls_below_the_initial_population(multi, merger):
     experts, tasks = multi
     res = evolve(experts, tasks, merger=merger, generations=3, F=0.9, CR=0.9, max_length=16, quiet=True,
-                 merger_options={"density": 0.5} if merger == "ties" else None)
+                 merger_options={"density": 0.5} if merger == "ties" else None, acceptance="batch")
     devs = [h["dev"] for h in res.history]
     assert devs == sorted(devs) and len(res.history) == 4
     assert all(0 <= h["acceptance"] <= 1 for h in res.history[1:])
@@ -228,7 +228,7 @@ def test_sequential_acceptance_takes_each_improving_offspring_at_once(multi, mer
 
 def test_evolve_regmean_uses_statistics_and_is_reproducible_across_executors(multi):
     experts, tasks = multi
-    kw = dict(merger="regmean", generations=2, seed=5, max_length=16, quiet=True, train_tasks={
+    kw = dict(merger="regmean", generations=2, seed=5, max_length=16, quiet=True, acceptance="batch", train_tasks={
         e.name: tasks[e.task] for e in experts}, stats_examples=16)
     serial = evolve(experts, tasks, **kw)
     with ThreadPoolExecutor(2) as pool:

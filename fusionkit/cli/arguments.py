@@ -73,7 +73,7 @@ def merge(m) -> None:
 def search(s) -> None:
     from ..merging.registry import METHODS
     from ..models.zoo import ZOOS
-    from ..search.evolver import ACCEPTANCE, MUTATIONS
+    from ..search.evolver import ACCEPTANCE, MUTATIONS, REFERENCE
     from ..search.interpolation import PARAMETRIZATIONS
 
     s.add_argument("method", choices=["dfwe", "evolve"])
@@ -91,13 +91,15 @@ def search(s) -> None:
     mergers = [m.name for m in METHODS.values() if m.level == "tensor" and m.n_experts is None]
     g.add_argument("--merger", default="average", choices=mergers + ["none"],
                    help="merge the population with this method (none: compare offspring with parents directly)")
-    g.add_argument("--F", type=float, default=0.5, help="mutation scale in (0, 1]")
-    g.add_argument("--CR", type=float, default=0.5, help="crossover rate in (0, 1]")
-    g.add_argument("--generations", type=int, default=3)
+    # The defaults are the reference code's schedule (fusionkit.search.evolver.REFERENCE).
+    g.add_argument("--F", type=float, default=REFERENCE["F"], help="mutation scale in (0, 1] (reference: 0.1)")
+    g.add_argument("--CR", type=float, default=REFERENCE["CR"], help="crossover rate in (0, 1]")
+    g.add_argument("--generations", type=int, default=REFERENCE["generations"])
     g.add_argument("--mutation", choices=MUTATIONS, default="current-to-other")
-    g.add_argument("--acceptance", choices=ACCEPTANCE, default="batch",
-                   help="batch: a generation's offspring scored together (the kit's); sequential: one at a time in "
-                        "random order, kept at once when the merge improves (the reference code)")
+    g.add_argument("--acceptance", choices=ACCEPTANCE, default=REFERENCE["acceptance"],
+                   help="sequential (the reference code, default): one offspring at a time in random order, kept at "
+                        "once when the merge improves; batch (the kit's variant): a generation's offspring scored "
+                        "together, in parallel")
     s.add_argument("--out", help="write the best model folder(s) + recipe.json here")
     s.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     s.add_argument("--json", action="store_true")
@@ -115,6 +117,10 @@ def distill(d) -> None:
     d.add_argument("--continuations", type=int, help="continuations per entity")
     d.add_argument("--params", help="which parameters train: all, mlp or layers:A-B")
     d.add_argument("--tau", type=float, help="distillation temperature (default 2)")
+    d.add_argument("--transfer", choices=["sample", "chat"],
+                   help="transfer set: sample (continue the definition, default) or chat (ask the instruct model)")
+    d.add_argument("--ft-lr", type=float, help="the fine-tune baseline's own lr (default: --lr)")
+    d.add_argument("--ft-steps", type=int, help="the fine-tune baseline's steps under one AdamW (reference: 5-10)")
     d.add_argument("--clip", type=float, help="max gradient norm (0 = none)")
     d.add_argument("--after-mention", action="store_true", help="distil only positions after the entity mention")
     d.add_argument("--no-reset", action="store_true", help="keep one AdamW state across continuations")

@@ -92,7 +92,9 @@ def merge(args) -> int:
     tasks = list(report["results"])
     print(f"{args.method} on zoo {zoo.name} ({zoo.profile.name}), options {report['options']}; heads {report['heads']}")
     print(f"{'test accuracy':<28}" + "".join(f"{t:>14}" for t in tasks) + f"{'mean':>10}")
-    rows = [(f"merged ({args.method})", report["results"]), ("ensemble (logits)", report["ensemble"])]
+    rows = [(f"merged ({args.method})", report["results"])]
+    rows += [("ensemble (logits)", report["ensemble"])] if report["ensemble"] else []
+    rows += [("multi-task model", report["multitask"])] if report["multitask"] else []
     rows += [(f"expert {n}", s) for n, s in report["experts"].items()] + [("chance", None)]
     for label, scores in rows:
         vals = [report["chance"][t] if scores is None else scores[t]["test"] for t in tasks]
@@ -172,7 +174,8 @@ def distill(args) -> int:
 
     quiet_transformers()
     cfg = settings(args.profile, limit=args.limit, lr=args.lr, steps=args.steps, continuations=args.continuations,
-                   params=args.params, tau=args.tau, clip=args.clip, seed=args.seed,
+                   params=args.params, tau=args.tau, clip=args.clip, seed=args.seed, transfer=args.transfer,
+                   ft_lr=args.ft_lr, ft_steps=args.ft_steps,
                    after_mention=args.after_mention or None, reset_optimizer=False if args.no_reset else None)
     entities = load_entities(args.entities, args.split)  # bad files fail before the model loads
     facts = load_facts()

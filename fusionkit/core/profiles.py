@@ -24,6 +24,7 @@ class Profile:
     stats_examples: int = 128  # examples per expert for Gram / Fisher statistics
     eval_batch_size: int = 128
     search_examples: int | None = None  # dev examples per task that score a search candidate (None = all)
+    source_lr: float | None = None  # the transfer zoo's source experts (None = lr); gentler, chosen on dev
 
     def to_dict(self) -> dict:
         return asdict(self)

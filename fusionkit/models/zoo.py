@@ -5,7 +5,10 @@
 * ``partitions`` - experts on label-skewed (non-IID) partitions of ``topic``: each partition draws 80% of its
   examples from its own quarter of the 20 classes. One label space, so heads can be merged too.
 * ``transfer``   - DFWE's setting (Ninalga 2023): the source experts (every multitask expert but sentiment),
-  each fine-tuned again on a few-sample ``sentiment`` target.
+  each fine-tuned again on a few-sample ``sentiment`` target, plus the target-only fine-tune of the base
+  (FETA's Pretrain→Finetune, Albalak et al. 2022) - in the pool, so an interpolation can always fall back to it.
+  The sources are trained at ``profile.source_lr`` (gentler than ``lr``, chosen on dev: a source that erases
+  what the base knows about the target cannot give it anything back).
 
 ``Zoo.matrix()`` scores every expert on every task of the zoo. An expert is scored on another task with
 that task's head (from the zoo expert trained on it) on its own body, which asks how well its body serves
@@ -187,13 +190,34 @@ def transfer_target(profile: Profile, seed: int = 0) -> Task:
         {"train": profile.few_shot, "validation": profile.eval_examples, "test": profile.eval_examples}, seed=seed)
 
 
+TARGET_ONLY = "sentiment (target only)"
+
+
+def target_only(profile: Profile, seed: int = 0, quiet: bool = False) -> Expert:
+    """Pretrain→Finetune: the base fine-tuned on the few target examples alone (DFWE's first baseline)."""
+    from .training import finetune
+
+    return finetune(BASE, transfer_target(profile, seed), profile, seed=seed, name=TARGET_ONLY, quiet=quiet,
+                    epochs=profile.few_shot_epochs)
+
+
+def transfer_sources(profile: Profile, seed: int = 0, quiet: bool = False) -> list[Expert]:
+    """The source experts: every multitask task but the target, trained at ``profile.source_lr`` (at ``lr`` they
+    are the multitask zoo's experts, from the same cache)."""
+    from .training import finetune
+
+    lr = profile.source_lr if profile.source_lr is not None else profile.lr
+    return [finetune(BASE, profile_task(t, profile, seed), profile, seed=seed, quiet=quiet, lr=lr)
+            for t in MULTITASK if t != "sentiment"]
+
+
 def _transfer(profile: Profile, seed: int, quiet: bool) -> Zoo:
     from .training import finetune
 
-    sources = [e for e in _multitask(profile, seed, quiet).experts if e.task != "sentiment"]
     target = transfer_target(profile, seed)
-    experts = [finetune(BASE, target, profile, seed=seed, init=src, name=f"{src.name}>sentiment", quiet=quiet,
-                        epochs=profile.few_shot_epochs) for src in sources]
+    experts = [target_only(profile, seed, quiet)]
+    experts += [finetune(BASE, target, profile, seed=seed, init=src, name=f"{src.name}>sentiment", quiet=quiet,
+                         epochs=profile.few_shot_epochs) for src in transfer_sources(profile, seed, quiet)]
     return Zoo("transfer", profile, {"sentiment": target}, experts, {e.name: target for e in experts})
 
 

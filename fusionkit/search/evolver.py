@@ -112,13 +112,15 @@ class EvolveResult:
         return self.fitness.state(list(self.population))
 
 
-def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "average", F: float = 0.5,
-           CR: float = 0.5, generations: int = 5, mutation: str = "current-to-other", executor=None, seed: int = 0,
+def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "average", F: float = REFERENCE["F"],
+           CR: float = REFERENCE["CR"], generations: int = REFERENCE["generations"], mutation: str = "current-to-other",
+           executor=None, seed: int = 0,
            heads: dict | None = None, train_tasks: dict[str, Task] | None = None, merger_options: dict | None = None,
            stats_examples: int = 128, max_length: int = 128, batch_size: int = 128,
            dev_examples: int | None = None, precision: str = "float32", callback: Callable[[dict], None] | None = None,
-           quiet: bool = False, acceptance: str = "batch") -> EvolveResult:
-    """Evolve ``experts`` for ``generations`` and return the final population and its trace.
+           quiet: bool = False, acceptance: str = REFERENCE["acceptance"]) -> EvolveResult:
+    """Evolve ``experts`` for ``generations`` and return the final population and its trace. The defaults are the
+    reference code's schedule, :data:`REFERENCE`.
 
     ``acceptance``: ``"batch"`` (the kit's variant: a generation's offspring are drawn together and scored in
     parallel; several winners are kept together only if their joint merge is at least as good as the best single
@@ -245,7 +247,8 @@ def evolve(experts: list[Expert], tasks: dict[str, Task], merger: str | None = "
     return EvolveResult(options, history, pop, initial, fitness, best_index)
 
 
-def evolve_report(zoo, merger: str | None = "average", F: float = 0.5, CR: float = 0.5, generations: int = 3,
+def evolve_report(zoo, merger: str | None = "average", F: float = REFERENCE["F"], CR: float = REFERENCE["CR"],
+                  generations: int = REFERENCE["generations"],
                   mutation: str = "current-to-other", executor=None, seed: int = 0, quiet: bool = False,
                   precision: str = "float32", **options) -> tuple[Merged, dict]:
     """Evolver on a zoo beside its honest baselines, on the same dev data: the plain merge it wraps (generation 0),
