@@ -69,6 +69,9 @@ _API = {
     "test_scores": "search.protocol:test_scores",
     # distillation (``fk.distill`` is the whole subpackage: fk.distill.run, fk.distill.settings, ...)
     "distill": "distill", "load_entities": "distill.entities:load_entities", "load_facts": "distill.entities:load_facts",
+    # reproductions: a claim's row (A − B, paired interval, verdict) and the table
+    "claim_row": "reproduce.table:compare", "reproduction_table": "reproduce.table:to_markdown",
+    "merged_correct": "reproduce.merging:merged_correct", "per_example": "reproduce.merging:correct",
     # show and run
     "plots": "viz.plots", "widgets": "viz.widgets", "record": "tour:record",
 }

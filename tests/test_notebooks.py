@@ -22,10 +22,11 @@ def test_00_start_here(tmp_path):
 @pytest.mark.notebook
 def test_03_task_vectors(tmp_path):
     rec = run_smoke("03_", tmp_path)
-    assert set(rec["mean_test"]) >= {"average", "ensemble (5 forward passes)", "each expert on its own task"}
+    assert set(rec["mean_test"]) >= {"average", "multi-task model (upper bound)", "each expert on its own task"}
     for value in rec["mean_test"].values():
         assert 0.1 < value <= 1.0
     assert rec["mean_test"]["each expert on its own task"] > rec["average_mean"]  # merging costs something
+    assert rec["mean_test"]["multi-task model (upper bound)"] > rec["average_mean"] + 0.05  # data beats no data
     assert 0.0 < rec["conflict_rate"] < 1.0
     assert rec["best_lam_ta"] in (0.2, 0.4, 0.7, 1.0)
     assert 0.3 < rec["slerp_pair_mean"] <= 1.0 and 0.3 < rec["linear_pair_mean"] <= 1.0
@@ -36,8 +37,16 @@ def test_03_task_vectors(tmp_path):
 def test_04_regmean(tmp_path):
     rec = run_smoke("04_", tmp_path)
     assert rec["layer_loss_ratio"] < 1.0  # RegMean minimises its own per-layer regression loss
-    for key in ("regmean_mean", "average_mean", "fisher_mean", "ensemble_mean"):
+    for key in ("regmean_mean", "average_mean", "fisher_mean", "multitask_mean"):
         assert 0.1 < rec[key] <= 1.0, key
+    assert rec["multitask_mean"] > rec["average_mean"] + 0.05  # the upper bound: one body that saw all the data
+    claims = rec["claims"]
+    assert set(claims) == {"RegMean > average", "RegMean > Fisher", "Fisher > average", "multi-task model > RegMean"}
+    for name, c in claims.items():
+        assert c["lo"] <= c["diff"] <= c["hi"] and c["n"] == 5 * 300, name  # five tasks' test examples, paired
+        assert c["verdict"] == ("reproduces" if c["lo"] > 0 else "does not" if c["hi"] < 0 else "inconclusive")
+    # the row is computed on the very merges the table shows: its difference is the table's difference
+    assert claims["Fisher > average"]["diff"] == pytest.approx(rec["fisher_mean"] - rec["average_mean"], abs=2e-4)
     assert set(rec["alpha_sweep"]) == {"0.0", "0.5", "0.9", "1.0"}
     assert len(rec["partitions"]) >= 4 and all(0.0 < v <= 1.0 for v in rec["partitions"].values())
 
@@ -47,11 +56,17 @@ def test_05_dfwe(tmp_path):
     rec = run_smoke("05_", tmp_path)
     for name, best in rec["best_dev"].items():
         assert best >= rec["uniform_dev"], name
-    assert {"pretrain→finetune", "uniform average"} <= set(rec["test"])
+    assert {"Pretrain→Finetune (target only)", "uniform average"} <= set(rec["test"])
     for value in rec["test"].values():
         assert 0.3 < value <= 1.0  # a two-class task: every method is at least near chance
     for w in rec["weights"].values():
-        assert sum(w.values()) == pytest.approx(1, abs=1e-3)
+        assert sum(w.values()) == pytest.approx(1, abs=1e-3) and "sentiment (target only)" in w  # it is in the pool
+    c = rec["claim"]
+    assert c["lo"] <= c["diff"] <= c["hi"] and c["n"] == 300
+    assert c["verdict"] == ("reproduces" if c["lo"] > 0 else "does not" if c["hi"] < 0 else "inconclusive")
+    first = next(iter(rec["best_dev"]))  # the row compares the table's own two test scores
+    assert c["diff"] == pytest.approx(rec["test"][f"DFWE · {first}"] - rec["test"]["Pretrain→Finetune (target only)"],
+                                      abs=2e-4)
 
 
 @pytest.mark.notebook
