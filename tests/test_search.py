@@ -260,3 +260,18 @@ def test_search_scores_in_the_precision_asked_for(shared):
     assert abs(fast.history[0]["dev"] - exact.history[0]["dev"]) <= 0.1  # the same candidate, scored a bit coarser
     with pytest.raises(ValueError, match="precision"):
         dfwe(experts, task, budget=1, quiet=True, precision="half")
+
+
+def test_ngopt_survives_the_budgets_the_searches_use():
+    """NGOpt switches to a metamodel after ~50 evaluations; with NumPy 2.4 that path crashed (nevergrad#1612), so
+    a 15-generation Evolver's same-budget search (75 evaluations) died mid-run. The dependency pin keeps it alive."""
+    import nevergrad as ng
+    import numpy as np
+
+    def loss(x):
+        return float(np.sum((x - 0.3) ** 2))
+
+    for budget in (30, 75, 120):
+        opt = ng.optimizers.registry["NGOpt"](parametrization=5, budget=budget)
+        best = opt.minimize(loss).value
+        assert loss(best) < loss(np.zeros(5)) / 4, budget  # it ran to the end, and it searched

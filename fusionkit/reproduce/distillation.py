@@ -3,8 +3,8 @@ into the model propagates the new entity's knowledge better than fine-tuning on 
 which need an inference), keeps what the model knew about everything else (specificity), and scales to many
 entities injected at once.
 
-Protocol. Every setting is chosen on the dev entities and reported: distillation's lr and transfer-set generator
-(plain continuations or the chat template), and the fine-tune baseline's own lr (it trains as the reference does:
+Protocol. Every setting is chosen on the dev entities and reported: distillation's lr, then at that lr the
+transfer-set generator (plain continuations or the chat template), and the fine-tune baseline's own lr (it trains as the reference does:
 the definition alone, ``ft_steps`` steps under one AdamW). The criterion counts specificity: among settings whose
 specificity drop is at most :data:`SPEC_TOLERANCE`, the best implicit accuracy (ties: lower gold NLL); if none
 qualifies, the least harmful. Test entities are scored once, and every difference gets a paired interval over
@@ -36,21 +36,29 @@ def pick(results: dict[str, dict]) -> str:
 
 
 def choose(model, tok, dev, facts, cfg: DistillConfig, lrs, model_id: str) -> tuple[DistillConfig, dict]:
-    """Distillation's (lr, generator) and the fine-tune baseline's lr, on the dev entities."""
+    """Distillation's lr and the fine-tune baseline's lr on the dev entities (one run per lr trains both), then the
+    transfer-set generator at distillation's chosen lr."""
     dist, ft, quality_by = {}, {}, {}
-    for gen in GENERATORS:
-        for lr in lrs:
-            r = run(model, tok, dev, facts, replace(cfg, lr=lr, ft_lr=lr, transfer=gen, limit=None),
-                    model_id=model_id, finetune=gen == "sample")
-            dist[f"lr={lr:g}, {gen}"] = r["results"]["distill"]
-            if gen == "sample":
-                ft[f"lr={lr:g}"] = r["results"]["finetune"]
-            if gen not in quality_by:
-                q = [quality(e, r["transfer"][e.name]) for e in dev]
-                quality_by[gen] = {k: round(float(np.mean([x[k] for x in q])), 3) for k in ("mentions", "explicit", "implicit")}
+
+    def one(lr, gen, finetune):
+        r = run(model, tok, dev, facts, replace(cfg, lr=lr, ft_lr=lr, transfer=gen, limit=None, probe_every=0),
+                model_id=model_id, finetune=finetune)
+        dist[f"lr={lr:g}, {gen}"] = r["results"]["distill"]
+        if finetune:
+            ft[f"lr={lr:g}"] = r["results"]["finetune"]
+        if gen not in quality_by:
+            q = [quality(e, r["transfer"][e.name]) for e in dev]
+            quality_by[gen] = {k: round(float(np.mean([x[k] for x in q])), 3) for k in ("mentions", "explicit", "implicit")}
+
+    for lr in lrs:
+        one(lr, "sample", True)
+    lr_d = float(pick(dist).split(", ")[0].removeprefix("lr="))
+    for gen in GENERATORS[1:]:
+        one(lr_d, gen, False)
     d, f = pick(dist), pick(ft)
-    lr_d, gen = d.split(", ")
-    chosen = replace(cfg, lr=float(lr_d.removeprefix("lr=")), transfer=gen, ft_lr=float(f.removeprefix("lr=")))
+    gen = d.split(", ")[1]
+    chosen = replace(cfg, lr=float(d.split(", ")[0].removeprefix("lr=")), transfer=gen,
+                     ft_lr=float(f.removeprefix("lr=")), probe_every=0)
     short = lambda t: {k: {"implicit": round(v["implicit_acc"], 3), "spec Δ": round(v["specificity_delta"], 3)}  # noqa: E731
                        for k, v in t.items()}
     return chosen, {"distill (dev)": short(dist), "fine-tune (dev)": short(ft), "transfer quality (dev)": quality_by}
