@@ -114,9 +114,13 @@ def test_mergekit_export():
     assert dare["merge_method"] == "dare_ties" and dare["models"][1]["parameters"]["density"] == 0.3
 
 
-def test_ensemble_scores_every_task(tiny_zoo):
-    scores = ensemble_scores(tiny_zoo, evaluator(tiny_zoo))
-    assert set(scores) == {"two", "three"}
+def test_the_ensemble_needs_one_label_space(tiny_zoo, shared_zoo):
+    """RegMean's references: the logit ensemble where the experts share a label space; with different label spaces
+    it would average task t's head over bodies that never trained with it, so it is refused, naming the fix."""
+    scores = ensemble_scores(shared_zoo, evaluator(shared_zoo))
+    assert set(scores) == {"two"} and 0 <= scores["two"]["test"] <= 1
+    with pytest.raises(MergeError, match="share one label space.*multi-task"):
+        ensemble_scores(tiny_zoo, evaluator(tiny_zoo))
 
 
 def test_experts_of_different_bases_are_refused(tiny_zoo):
