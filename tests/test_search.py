@@ -65,6 +65,20 @@ def test_dfwe_starts_at_uniform_average_and_never_falls_below_it(shared):
         assert min(h["weights"]) >= 0 and sum(h["weights"]) == pytest.approx(1, abs=1e-4)
 
 
+def test_dfwe_tries_each_expert_alone_after_the_uniform_start(shared):
+    """A simplex vertex is far from the uniform start in logit space: the search evaluates every expert alone
+    first, so its best dev score is never below the best single expert's (the target-only model, in DFWE)."""
+    experts, task = shared
+    res = dfwe(experts, task, budget=6, max_length=16, quiet=True)
+    assert [h["weights"] for h in res.history[1:4]] == [[1.0, 0.0, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    singles = [res.scorer(e.state_dict()) for e in experts]
+    assert res.best["dev"] >= max(singles) - 1e-4
+    short = dfwe(experts, task, budget=4, max_length=16, quiet=True)  # no room left to search: not suggested
+    assert short.history[1]["weights"] != [1.0, 0.0, 0.0]
+    off = dfwe(experts, task, budget=6, max_length=16, quiet=True, suggest_experts=False)
+    assert off.history[1]["weights"] != [1.0, 0.0, 0.0] and off.options["suggest_experts"] is False
+
+
 def test_interpolation_is_the_weighted_sum_of_experts(shared):
     experts, task = shared
     res = dfwe(experts, task, budget=1, quiet=True)

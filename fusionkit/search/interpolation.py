@@ -131,3 +131,16 @@ def make_parametrization(kind: str, k: int, bounds=(-1.5, 1.5), seed: int = 0):
         raise SearchError(f"unknown parametrization {kind!r}; fix: use one of {', '.join(PARAMETRIZATIONS)}")
     param.random_state = np.random.RandomState(seed)
     return param, to_weights
+
+
+def vertex(kind: str, k: int, i: int, bounds=(-1.5, 1.5)) -> np.ndarray | None:
+    """The parameter value that puts all weight on expert ``i`` (None where the space does not contain it):
+    on the simplex a logit of 20 against 0 (softmax 1 − 2e-9·k, one at the kit's 6-decimal rounding)."""
+    if kind == "simplex":
+        z = np.zeros(k)
+        z[i] = 20.0
+        return z
+    lo, hi = bounds
+    if lo <= 0 and hi >= 1:
+        return np.eye(k)[i]
+    return None
