@@ -106,8 +106,9 @@ def score_merged(merged: Merged, zoo: Zoo, evaluator: Evaluator, splits=SPLITS) 
             for t, task in zoo.tasks.items() if t in merged.heads}
 
 
-def ensemble_scores(zoo: Zoo, evaluator: Evaluator, experts: list[Expert] | None = None, splits=SPLITS) -> dict:
-    """The logit ensemble: per task, the mean of every expert's logits (experts that share one label space)."""
+def ensemble_members(zoo: Zoo, experts: list[Expert] | None = None) -> dict[str, list[tuple[dict, dict]]]:
+    """Per task, the logit ensemble's members: each expert's body with that task's head (experts that share one
+    label space only)."""
     experts = experts or zoo.experts
     if not shared_label_space(experts):
         raise MergeError(f"the logit ensemble needs experts that share one label space; zoo {zoo.name!r} mixes "
@@ -115,9 +116,13 @@ def ensemble_scores(zoo: Zoo, evaluator: Evaluator, experts: list[Expert] | None
                          "model (zoo.multitask_model(), score_merged) instead")
     parts = [e.body_and_head() for e in experts]
     heads = zoo.heads()
-    return {t: {s: round(evaluator.ensemble_score(
-                task, s, [(body, head_for(t, e.task, own, heads)) for e, (body, own) in zip(experts, parts)]), 4)
-                for s in splits}
+    return {t: [(body, head_for(t, e.task, own, heads)) for e, (body, own) in zip(experts, parts)] for t in zoo.tasks}
+
+
+def ensemble_scores(zoo: Zoo, evaluator: Evaluator, experts: list[Expert] | None = None, splits=SPLITS) -> dict:
+    """The logit ensemble: per task, the mean of every expert's logits (experts that share one label space)."""
+    members = ensemble_members(zoo, experts)
+    return {t: {s: round(evaluator.ensemble_score(task, s, members[t]), 4) for s in splits}
             for t, task in zoo.tasks.items()}
 
 

@@ -131,10 +131,13 @@ class Evaluator:
         labels = self.encode(task, split).labels
         return cross_entropy(logits, labels), METRICS[task.metric](logits, labels)
 
+    def ensemble_logits(self, task: Task, split: str, members: list[tuple[dict, dict | None]]) -> torch.Tensor:
+        """The logit ensemble's logits: the mean of each member's (N forward passes)."""
+        return torch.stack([self.logits(task, split, p, h) for p, h in members]).mean(0)
+
     def ensemble_score(self, task: Task, split: str, members: list[tuple[dict, dict | None]]) -> float:
-        """Score of the logit ensemble: the mean of each member's logits (N forward passes)."""
-        mean = torch.stack([self.logits(task, split, p, h) for p, h in members]).mean(0)
-        return METRICS[task.metric](mean, self.encode(task, split).labels)
+        """Score of the logit ensemble (:meth:`ensemble_logits`)."""
+        return METRICS[task.metric](self.ensemble_logits(task, split, members), self.encode(task, split).labels)
 
 
 def evaluate(model, tokenizer, task: Task, splits=("validation", "test"), max_length: int = 128,

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..merging.zoo_merge import Merged, merge_zoo
-from ..models.heads import head_for
+from ..merging.zoo_merge import Merged, ensemble_members, merge_zoo
 from ..models.scorer import Scorer
 from .table import Row, compare
 
@@ -49,15 +48,10 @@ def choose(zoo, ev, method: str, grid: list[dict]) -> tuple[Merged, dict, dict]:
 
 
 def ensemble_correct(zoo, ev, split: str) -> dict[str, np.ndarray]:
-    """The logit ensemble per example: each task's prediction from the mean of every expert's logits."""
-    heads, parts = zoo.heads(), [e.body_and_head() for e in zoo.experts]
-    out = {}
-    for t, task in zoo.tasks.items():
-        logits = [ev.logits(task, split, body, head_for(t, e.task, own, heads))
-                  for e, (body, own) in zip(zoo.experts, parts)]
-        labels = ev.encode(task, split).labels
-        out[t] = (sum(logits).argmax(-1) == labels).float().numpy()
-    return out
+    """The logit ensemble per example (:func:`fusionkit.merging.zoo_merge.ensemble_members`)."""
+    members = ensemble_members(zoo)
+    return {t: (ev.ensemble_logits(task, split, members[t]).argmax(-1) == ev.encode(task, split).labels).float().numpy()
+            for t, task in zoo.tasks.items()}
 
 
 def regmean_rows(profile: str = "smoke", seed: int = 0, quiet: bool = True) -> list[Row]:
