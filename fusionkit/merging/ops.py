@@ -56,8 +56,11 @@ def trim(tau, density: float):
     if density >= 1.0:
         return tau
     flat = tau.reshape(-1).abs()
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()  # kthvalue has no half-precision kernel on CPU
     k = max(1, int(round(density * flat.numel())))
-    cut = flat.float().kthvalue(flat.numel() - k + 1).values
+    # the cut in the task vector's own precision: a float64 τ cut at its value rounded to float32 lost the k-th entry
+    cut = flat.kthvalue(flat.numel() - k + 1).values
     return tau * (tau.abs() >= cut)
 
 
