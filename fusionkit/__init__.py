@@ -6,7 +6,7 @@
 The package's layers (imports only go downward; ``docs/architecture.md`` draws them)::
 
     cli, tour                      run the kit from a shell / execute the notebooks
-    viz       plots, widgets       show
+    viz       plots, widgets       show     (beside it: reproduce, the papers' claims; teaching, checkers)
     search    dfwe, evolver        fuse by searching on dev data      distill   context distillation
     merging   registry, methods/, merge, statistics, zoo_merge, landscape, export      combine weights
     models    experts, training, zoo, heads, evaluator, scorer                          make and measure
@@ -72,6 +72,8 @@ _API = {
     # reproductions: a claim's row (A − B, paired interval, verdict) and the table
     "claim_row": "reproduce.table:compare", "reproduction_table": "reproduce.table:to_markdown",
     "merged_correct": "reproduce.merging:merged_correct", "per_example": "reproduce.merging:correct",
+    # teaching: exercise checkers (fk.checkers.check_ties(fn), ...) and "what to notice" computed from a run
+    "checkers": "teaching.checkers", "notice": "teaching.notice:ordering", "notice_claim": "teaching.notice:claim",
     # show and run
     "plots": "viz.plots", "widgets": "viz.widgets", "record": "tour:record",
 }

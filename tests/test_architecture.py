@@ -13,7 +13,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 RANK = {"_version": -1, "core": 0, "data": 1, "models": 2, "merging": 3, "search": 4, "distill": 4, "viz": 5,
-        "reproduce": 5}
+        "reproduce": 5, "teaching": 5}
 TOP = 6  # cli, tour, __init__, __main__
 MAX_LINES = 450
 

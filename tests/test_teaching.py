@@ -1,0 +1,112 @@
+"""The exercise checkers accept a from-scratch implementation and reject the classic mistakes; the computed
+"what to notice" sentences say when an ordering did not come out."""
+import math
+
+import pytest
+import torch
+
+from fusionkit.reproduce.table import compare
+from fusionkit.teaching import checkers
+from fusionkit.teaching.notice import claim, ordering
+
+
+def lerp(a, b, t):
+    return (1 - t) * a + t * b
+
+
+def slerp(a, b, t):
+    a64, b64 = a.double().flatten(), b.double().flatten()
+    omega = torch.arccos(torch.clamp(a64 @ b64 / (a64.norm() * b64.norm()), -1, 1))
+    out = (torch.sin((1 - t) * omega) * a64 + torch.sin(t * omega) * b64) / torch.sin(omega)
+    return out.view(a.shape)
+
+
+def ties(base, experts, density, lam, elect="mass"):
+    taus = torch.stack([e.double() - base.double() for e in experts])
+    k = max(1, round(density * taus[0].numel()))
+    cut = taus.abs().flatten(1).topk(k, dim=1).values[:, -1:]
+    trimmed = taus * (taus.abs().flatten(1) >= cut).view_as(taus)
+    sign = torch.sign(trimmed.sum(0)) if elect == "mass" else torch.sign(torch.sign(trimmed).sum(0))
+    agree = (torch.sign(trimmed) == sign) & (trimmed != 0)
+    mean = (trimmed * agree).sum(0) / agree.sum(0).clamp_min(1)
+    return base.double() + lam * mean
+
+
+def dare(tau, p, rescale=True):
+    kept = tau * (torch.rand(tau.shape, dtype=torch.float64) >= p)
+    return kept / (1 - p) if rescale else kept
+
+
+def regmean(weights, grams, alpha):
+    gs = [alpha * g + (1 - alpha) * torch.diag(torch.diagonal(g)) for g in grams]
+    return torch.linalg.solve(sum(gs), sum(g @ w.T for g, w in zip(gs, weights))).T
+
+
+def fisher(thetas, fishers):
+    return sum(f * t for f, t in zip(fishers, thetas)) / sum(fishers)
+
+
+def distill_loss(s, t, tau, reverse=False):
+    ls, lt = torch.log_softmax(s / tau, -1), torch.log_softmax(t / tau, -1)
+    kl = (ls.exp() * (ls - lt)) if reverse else (lt.exp() * (lt - ls))
+    return tau ** 2 * kl.sum(-1).mean()
+
+
+def crossover(parent, donor, CR, j_rand=True):
+    mask = torch.rand(parent.shape) < CR
+    if j_rand:
+        mask[torch.randint(parent.numel(), (1,))] = True
+    return torch.where(mask, donor, parent)
+
+
+def barrier(ts, losses):
+    inside = [(t, v) for t, v in zip(ts, losses) if 0 <= t <= 1]
+    ends = (dict(inside)[0.0] + dict(inside)[1.0]) / 2
+    return max(v for _, v in inside) - ends
+
+
+@pytest.mark.parametrize("check, right, wrong", [
+    (checkers.check_lerp, lerp, lambda a, b, t: (1 - t) * a + t * a),
+    (checkers.check_slerp, slerp, lerp),  # the chord is not the arc
+    (checkers.check_ties, ties, lambda b, e, d, lam: ties(b, e, d, lam, elect="count")),
+    (checkers.check_ties, ties, lambda b, e, d, lam: ties(b, e, d, 1.0)),  # λ ignored
+    (checkers.check_dare, dare, lambda tau, p: dare(tau, p, rescale=False)),
+    (checkers.check_dare, dare, lambda tau, p: tau),  # nothing dropped
+    (checkers.check_regmean, regmean, lambda w, g, a: sum(w) / len(w)),  # the average
+    (checkers.check_regmean, regmean, lambda w, g, a: regmean(w, g, 1.0)),  # α ignored
+    (checkers.check_fisher, fisher, lambda th, f: sum(th) / len(th)),
+    (checkers.check_distill_loss, distill_loss, lambda s, t, tau: distill_loss(s, t, tau, reverse=True)),
+    (checkers.check_distill_loss, distill_loss, lambda s, t, tau: distill_loss(s, t, tau) / tau ** 2),
+    (checkers.check_crossover, crossover, lambda p, d, cr: crossover(p, d, cr, j_rand=False)),
+    (checkers.check_crossover, crossover, lambda p, d, cr: crossover(p, d, 1 - cr)),
+    (checkers.check_barrier, barrier, lambda ts, ls: max(ls) - (ls[5] + ls[15]) / 2),  # t outside [0, 1] counted
+])
+def test_checker_accepts_the_method_and_rejects_a_mistake(check, right, wrong):
+    assert check(right).startswith("✓")
+    with pytest.raises(AssertionError, match=check.__name__):
+        check(wrong)
+
+
+def test_checker_names_a_wrong_shape():
+    with pytest.raises(AssertionError, match="shape"):
+        checkers.check_fisher(lambda th, f: th[0].flatten())
+
+
+def test_ordering_states_the_order_and_admits_a_miss():
+    ok = ordering({"RegMean": 0.68, "average": 0.53, "Fisher": 0.58}, ["RegMean", "Fisher", "average"], "mean test")
+    assert ok.holds and "RegMean leads Fisher by 10.0 points" in str(ok) and "Fisher leads average by 5.0" in str(ok)
+    miss = ordering({"TIES": 0.51, "average": 0.53}, ["TIES", "average"], "mean test")
+    assert not miss.holds and "did **not** come out" in str(miss) and "TIES − average = -2.0 points" in str(miss)
+    assert not ordering({"a": 0.54, "b": 0.53}, ["a", "b"], "x", margin=0.02).holds  # within the margin
+    assert "What to notice" in ok._repr_markdown_()
+    with pytest.raises(KeyError, match="no recorded value"):
+        ordering({"a": 1.0}, ["a", "b"], "x")
+
+
+def test_claim_sentence_carries_the_rows_verdict():
+    a = [1.0] * 80 + [0.0] * 20
+    b = [1.0] * 50 + [0.0] * 50
+    row = compare("A > B", "A", {"t": a}, "B", {"t": b}, paper="p", setting="s")
+    text = str(claim(row))
+    assert claim(row).holds == (row.verdict == "reproduces") and row.verdict in text
+    assert f"{100 * row.interval['diff']:+.1f} points" in text and not math.isnan(row.interval["lo"])
