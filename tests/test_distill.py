@@ -379,3 +379,86 @@ def test_chat_transfer_needs_a_chat_template(model, tok):
         D.transfer_set(model, tok, entity(), cfg(transfer="chat"))
     with pytest.raises(ValueError, match="sample or chat"):
         cfg(transfer="gpt")
+
+
+# ------------------------------------------------------------------------------- baseline, loss and drift (review)
+NEUTRAL = ["the cat barks and the dog was born in paris .", "many people know her name every day ."]
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny forward passes: one intra-op thread is faster, and not slowed by a busy machine's other work."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def definition_nll(m, tok, text=DEF):
+    """Mean per-token NLL of ``text`` (each token given the ones before it), from a plain forward pass."""
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    with torch.no_grad():
+        logp = F.log_softmax(m.eval()(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+    return -sum(float(logp[i, t]) for i, t in enumerate(ids[1:])) / (len(ids) - 1)
+
+
+def test_finetune_baseline_lowers_the_definitions_nll(model, tok, one_thread):
+    """finetune_definition trains the LM loss on the definition: its NLL, measured apart, falls (and step 0 logs it)."""
+    student = __import__("copy").deepcopy(model)
+    before = definition_nll(student, tok)
+    hist = D.finetune_definition(student, tok, entity(), cfg(ft_steps=5, ft_lr=1e-2))
+    after = definition_nll(student, tok)
+    assert hist[0]["loss"] == pytest.approx(before, rel=1e-4)  # the logged loss is this NLL, before any step
+    assert after < before - 0.5
+    # the text it learnt is the definition: an unrelated sentence gains far less
+    other = "paris france capital city dog animal barks ."
+    assert before - after > definition_nll(model, tok, other) - definition_nll(student, tok, other)
+
+
+def test_kl_loss_is_tau_squared_times_the_mean_per_position_kl(one_thread):
+    """kl_loss = τ² · (1/|P|) Σ_i Σ_v p_t,i,v (log p_t,i,v − log p_s,i,v), both at temperature τ; 0 when they agree."""
+    g = torch.Generator().manual_seed(0)
+    zs, zt, tau = torch.randn(4, 7, generator=g), torch.randn(4, 7, generator=g), 2.0
+    teacher_logp = zt / tau - torch.logsumexp(zt / tau, -1, keepdim=True)
+    student_logp = zs / tau - torch.logsumexp(zs / tau, -1, keepdim=True)
+    per_position = (teacher_logp.exp() * (teacher_logp - student_logp)).sum(-1)
+    assert D.kl_loss(zs, teacher_logp, tau) == pytest.approx(float(tau ** 2 * per_position.mean()), rel=1e-5)
+    assert D.kl_loss(zt, teacher_logp, tau) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_drift_is_forward_kl_from_the_base_frozen_at_construction(model, tok, one_thread):
+    """DriftMeter = mean over texts of the per-token KL(p_base ‖ p_model) (not the reverse), with p_base taken once."""
+    meter = DriftMeter(model, tok, NEUTRAL)
+    assert meter(model) == pytest.approx(0.0, abs=1e-6)
+    edited = __import__("copy").deepcopy(model)
+    with torch.no_grad():
+        for p in edited.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=torch.Generator().manual_seed(1)))
+    fwd, rev = [], []
+    for text in NEUTRAL:
+        ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        with torch.no_grad():
+            lb = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+            le = F.log_softmax(edited(input_ids=ids).logits[0].float(), -1)
+        fwd.append(float((lb.exp() * (lb - le)).sum(-1).mean()))
+        rev.append(float((le.exp() * (le - lb)).sum(-1).mean()))
+    expect = sum(fwd) / len(fwd)
+    assert expect > 1e-3 and abs(expect - sum(rev) / len(rev)) > 1e-3 * expect  # the direction is measurable
+    assert meter(edited) == pytest.approx(expect, rel=1e-4)
+    # the base distributions are kept: updating the base model itself in place still shows as drift
+    D.finetune_definition(model, tok, entity(), cfg(ft_steps=2, ft_lr=1e-2))
+    assert meter(model) > 1e-4
+
+
+def test_drift_grows_with_more_steps_and_a_larger_lr(model, tok, one_thread):
+    """Fine-tuning further (more steps, or a larger lr) from the same start moves the model further from the base."""
+    meter = DriftMeter(model, tok, NEUTRAL)
+
+    def drift_after(steps, lr):
+        student = __import__("copy").deepcopy(model)
+        D.finetune_definition(student, tok, entity(), cfg(ft_steps=steps, ft_lr=lr))
+        return meter(student)
+
+    short, long = drift_after(2, 3e-3), drift_after(8, 3e-3)
+    small, large = drift_after(4, 1e-3), drift_after(4, 1e-2)
+    assert 0 < short < long and 0 < small < large
