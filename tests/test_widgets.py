@@ -166,3 +166,20 @@ def test_method_comparer_lists_registered_methods_and_rebuilds_options(tiny_bert
     assert "'density': 1.0" in ex.figure.data[list(METHODS).index("ties")].name and ex.errors.outputs == ()
     ex.controls["density"].value = 7.0  # out of range: the merge refuses, the error lands in the Output
     assert len(ex.errors.outputs) == 1 and "density=7.0 must be in (0, 1]" in ex.errors.outputs[0]["text"]
+
+
+def test_probe_explorer_switches_entities_and_shows_each_methods_gold_logprob():
+    from fusionkit.viz.widgets import probe_explorer
+
+    def rows(shift):
+        return [{"uid": f"{e}-{t}", "ex_id": f"{e}-{t}", "entity": e, "probe_type": t, "correct": True,
+                 "gold_logprob": -1.0 - i - shift} for i, (e, t) in enumerate([("Zorbl", "explicit"), ("Zorbl", "implicit"),
+                                                                                ("Quix", "explicit"), ("Quix", "implicit")])]
+    report = {"raw": {m: {"rows": rows(k)} for k, m in enumerate(["no_update", "finetune", "distill", "prepend"])}}
+    ex = probe_explorer(report)
+    assert [t.name for t in ex.figure.data] == ["no_update", "finetune", "distill", "prepend"]
+    assert list(ex.figure.data[2].y) == [-3.0, -4.0]  # distill on Zorbl's two probes
+    ex.controls["entity"].value = "Quix"
+    assert list(ex.figure.data[2].y) == [-5.0, -6.0] and "Quix" in ex.figure.layout.title.text
+    with pytest.raises(Exception, match="no probe rows"):
+        probe_explorer({"raw": {"no_update": {"rows": []}}})

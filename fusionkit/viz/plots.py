@@ -268,3 +268,13 @@ def simplex_scores(history: list[dict], labels: list[str], current: dict | None 
     fig.update_layout(title=title, height=440, ternary=dict(aaxis_title=labels[0], baxis_title=labels[1],
                                                             caxis_title=labels[2]))
     return fig
+
+
+def gold_logprob_bars(rows: list[dict], entity: str, methods: list[str]) -> go.Figure:
+    """Per method, the log-probability of the gold candidate on each of ``entity``'s probes (higher is better);
+    ``rows`` are :func:`fusionkit.distill.runs.probe_rows`."""
+    sub = [r for r in rows if r["entity"] == entity]
+    fig = go.Figure([go.Bar(name=m, x=[r["probe_type"] for r in sub], y=[r.get(f"{m}_logprob") for r in sub])
+                     for m in methods])
+    return fig.update_layout(barmode="group", yaxis_title="gold log-prob", height=340,
+                             title=f"{entity}: gold log-prob per method")

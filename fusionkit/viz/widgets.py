@@ -298,3 +298,29 @@ def method_comparer(zoo, evaluator, experts: list[str] | None = None, split: str
     menu.observe(rebuild, names="value")
     rebuild()
     return Explorer(W.VBox([menu, options_box, status, fig, errors]), controls, fig, errors)
+
+
+def probe_explorer(report: dict) -> Explorer:
+    """Pick an injected entity: each method's gold log-prob on its probes (a distillation ``report`` of
+    :func:`fusionkit.distill.runs.run`)."""
+    from ..distill.runs import METHODS, probe_rows
+
+    rows = probe_rows(report)
+    methods = [m for m in METHODS if any(f"{m}_logprob" in r for r in rows)]
+    entities = list(dict.fromkeys(r["entity"] for r in rows))
+    if not entities:
+        raise FusionkitError("the report has no probe rows; fix: pass the report of fusionkit.distill.run")
+    pick = W.Dropdown(options=entities, value=entities[0], description="entity")
+    fig = go.FigureWidget(plots.gold_logprob_bars(rows, entities[0], methods))
+    errors = W.Output()
+
+    def redraw(change):
+        with caught(errors):
+            new = plots.gold_logprob_bars(rows, change["new"], methods)
+            with fig.batch_update():
+                for trace, fresh in zip(fig.data, new.data):
+                    trace.x, trace.y = fresh.x, fresh.y
+                fig.layout.title = new.layout.title
+
+    pick.observe(redraw, names="value")
+    return Explorer(W.VBox([pick, fig, errors]), {"entity": pick}, fig, errors)
