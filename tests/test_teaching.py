@@ -65,7 +65,17 @@ def barrier(ts, losses):
     return max(v for _, v in inside) - ends
 
 
+def plane_coordinates(o, a, b, m, orthogonalise=True):
+    u = (a - o) / (a - o).norm()
+    w = (b - o) - ((b - o) @ u) * u if orthogonalise else b - o
+    v = w / w.norm()
+    x, y = (m - o) @ u, (m - o) @ v
+    return float(x), float(y), float((m - o - x * u - y * v).norm())
+
+
 @pytest.mark.parametrize("check, right, wrong", [
+    (checkers.check_plane_coordinates, plane_coordinates,
+     lambda o, a, b, m: plane_coordinates(o, a, b, m, orthogonalise=False)),
     (checkers.check_lerp, lerp, lambda a, b, t: (1 - t) * a + t * a),
     (checkers.check_slerp, slerp, lerp),  # the chord is not the arc
     (checkers.check_ties, ties, lambda b, e, d, lam: ties(b, e, d, lam, elect="count")),

@@ -162,3 +162,16 @@ def check_barrier(fn: Callable, trials: int = 5, seed: int = 0) -> str:
         losses = (torch.rand(21, generator=gen) + torch.linspace(-1, 1, 21) ** 2).tolist()
         _close("check_barrier", i, fn(ts, losses), barrier(ts, losses, "loss"), atol=1e-9)
     return _ok("check_barrier", trials, "fusionkit.barrier")
+
+
+def check_plane_coordinates(fn: Callable, trials: int = 4, seed: int = 0) -> str:
+    """``fn(o, a, b, m)`` on flat tensors: ``(x, y, off)``, the coordinates of ``m`` on the plane through ``o, a,
+    b`` with Gram–Schmidt axes (u along a − o) and its distance from that plane (``Plane.project``)."""
+    from ..merging.landscape import plane_through
+
+    for i, gen in _cases(seed, trials):
+        o, a, b, m = (torch.randn(30, generator=gen) for _ in range(4))
+        want = plane_through({"w": o}, {"w": a}, {"w": b}).project({"w": m})
+        got = tuple(float(v) for v in fn(o, a, b, m))
+        _close("check_plane_coordinates", i, got, want, atol=1e-4, what=" (x, y, off)")
+    return _ok("check_plane_coordinates", trials, "Plane.project")
