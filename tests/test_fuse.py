@@ -72,6 +72,23 @@ def test_regmean_measures_once_and_caches(tiny_zoo):
     assert sorted(p.name for e in tiny_zoo.experts for p in cache_dir("stats", e.id).iterdir()) == files
 
 
+def test_statistics_spelled_out_at_their_defaults_are_the_same_artefact(tiny_zoo):
+    from fusionkit.core.cache import cache_dir
+    from fusionkit.core.errors import MergeError
+    from fusionkit.merging.statistics import expert_stats
+
+    e = tiny_zoo.experts[0]
+    task = tiny_zoo.train_tasks[e.name]
+    expert_stats(e, "gram", task, examples=8, max_length=16)
+    before = sorted(p.name for p in cache_dir("stats", e.id).iterdir())
+    expert_stats(e, "gram", task, examples=8, max_length=16, seed=0, batch_size=32)  # the defaults, spelled out
+    assert sorted(p.name for p in cache_dir("stats", e.id).iterdir()) == before
+    expert_stats(e, "gram", task, examples=8, max_length=16, seed=1)  # another setting: another artefact
+    assert len(list(cache_dir("stats", e.id).iterdir())) == len(before) + 1
+    with pytest.raises(MergeError, match="no option"):
+        expert_stats(e, "gram", task, exampels=8)
+
+
 def test_saved_folders_load_in_plain_transformers_and_score_the_same(tiny_zoo, tmp_path):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 

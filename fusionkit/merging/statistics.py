@@ -16,6 +16,8 @@ measure once, and the file is fsynced before it is renamed into place.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -103,11 +105,24 @@ def fisher_stats(model, tokenizer, task: Task, examples: int = 128, variant: str
 MEASURES = {"gram": gram_stats, "fisher": fisher_stats}
 
 
+def _defaults(kind: str) -> dict:
+    """The measure's own defaults, e.g. ``{"examples": 256, "max_length": 128, "seed": 0, ...}``."""
+    return {n: p.default for n, p in inspect.signature(MEASURES[kind]).parameters.items()
+            if p.default is not inspect.Parameter.empty}
+
+
 def expert_stats(expert, kind: str, task: Task, **options) -> dict[str, torch.Tensor]:
     """Measure ``kind`` ("gram" or "fisher") for an :class:`~fusionkit.models.experts.Expert` on ``task``; cached."""
     if kind not in MEASURES:
         raise MergeError(f"unknown statistics {kind!r}; fix: use one of {sorted(MEASURES)}")
-    key = stable_hash({"kind": kind, "task": task.fingerprint(), "code": code_version(__name__), **options})
+    unknown = set(options) - set(inspect.signature(MEASURES[kind]).parameters)
+    if unknown:
+        raise MergeError(f"{kind} statistics have no option(s) {sorted(unknown)}; fix: use "
+                         f"{sorted(_defaults(kind))}")
+    # the key holds every setting, defaults filled in: an option spelled out or left at its default is one artefact
+    settings = {**_defaults(kind), **options}
+    settings.pop("device", None)  # where it ran does not change what was measured
+    key = stable_hash({"kind": kind, "task": task.fingerprint(), "code": code_version(__name__), **settings})
     shown = ", ".join(f"{k} {v}" for k, v in sorted(options.items()))
     art = Artefact(cache_dir("stats", expert.id) / f"{kind}-{key}.safetensors", False,
                    f"{kind} statistics of expert {expert.name}",
