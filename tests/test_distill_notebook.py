@@ -10,15 +10,17 @@ from conftest import run_smoke
 @pytest.mark.notebook
 @pytest.mark.assets
 def test_07_knowledge_distillation(tmp_path):
-    rec = run_smoke("07_", tmp_path)
-    assert rec["profile"] == "smoke" and rec["n_entities"] == 2
+    rec = run_smoke("07_", tmp_path)  # it asserts its τ²·KL by hand (teacher on [d; c], student on c) = the kit
     assert set(rec["explicit_acc"]) == {"no_update", "finetune", "distill", "prepend"}
     for key in ("explicit_acc", "implicit_acc", "specificity"):
         assert all(0.0 <= v <= 1.0 for v in rec[key].values()), key
     assert 0.05 < rec["kl_first"] < 20 and 0 <= rec["kl_last"] < 20  # the definition changes the teacher
     assert rec["kl_drop"] > 0  # a step on a continuation lowers its KL
     assert 0 < rec["drift"] < 1.0 and 0 < rec["finetune_drift"] < 5.0  # a few small steps: small, nonzero drift
-    assert rec["gap_closed"] is not None and -5 < rec["gap_closed"] < 1.5
+    # distillation makes the gold answers likelier than no update (part of the way to reading the definition)
+    assert rec["gap_closed"] is not None and 0 < rec["gap_closed"] < 1.5
+    # computed "what to notice": the KL concentrates on a few tokens; gold log-prob prepend > distill > no update
+    assert rec["notices"] == [True, True], rec["notices"]
     assert rec["finetune_steps"] == 5  # the reference's baseline: ft_steps under one optimizer, not distill's schedule
     for m, split in rec["specificity_split"].items():  # facts and other entities, reported apart
         assert all(v is None or -1 <= v <= 1 for v in split.values()), m

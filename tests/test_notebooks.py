@@ -21,21 +21,31 @@ def test_00_start_here(tmp_path):
 
 @pytest.mark.notebook
 def test_03_task_vectors(tmp_path):
-    rec = run_smoke("03_", tmp_path)
+    rec = run_smoke("03_", tmp_path)  # the notebook asserts TIES and DARE by hand equal the kit on a real tensor
     assert set(rec["mean_test"]) >= {"average", "multi-task model (upper bound)", "each expert on its own task"}
     for value in rec["mean_test"].values():
         assert 0.1 < value <= 1.0
     assert rec["mean_test"]["each expert on its own task"] > rec["average_mean"]  # merging costs something
     assert rec["mean_test"]["multi-task model (upper bound)"] > rec["average_mean"] + 0.05  # data beats no data
-    assert 0.0 < rec["conflict_rate"] < 1.0
-    assert rec["best_lam_ta"] in (0.2, 0.4, 0.7, 1.0)
+    claims = rec["claims"]
+    assert set(claims) == {"TIES > average", "TIES > task arithmetic"}
+    for name, c in claims.items():
+        assert c["lo"] <= c["diff"] <= c["hi"] and c["n"] == 5 * 300, name
+    # TIES's claims hold by 4-10 points in the smoke zoo; a TIES equal to task arithmetic, or one whose election
+    # cancelled the experts, would make its row inconclusive or reversed
+    assert all(c["verdict"] == "reproduces" for c in claims.values()), claims
+    assert claims["TIES > average"]["diff"] == pytest.approx(rec["ties_mean"] - rec["average_mean"], abs=2e-4)
+    # the computed "what to notice" orderings: TIES > TA > average; experts and the multi-task model above TIES
+    assert rec["notices"] == [True, True, True], rec["notices"]
+    # a large share of co-changed entries conflict in sign at every density (measured 52-56%)
+    assert 0.0 < rec["conflict_rate"] < 1.0 and rec["conflicts_at_every_density"]
     assert 0.3 < rec["slerp_pair_mean"] <= 1.0 and 0.3 < rec["linear_pair_mean"] <= 1.0
     assert 1 <= len(rec["soup"]) <= 5 and 0.1 < rec["soup_mean"] <= 1.0
 
 
 @pytest.mark.notebook
 def test_04_regmean(tmp_path):
-    rec = run_smoke("04_", tmp_path)
+    rec = run_smoke("04_", tmp_path)  # it asserts lstsq = closed form = the kit on hooked inputs, and the zoo's layer
     assert rec["layer_loss_ratio"] < 1.0  # RegMean minimises its own per-layer regression loss
     for key in ("regmean_mean", "average_mean", "fisher_mean", "multitask_mean"):
         assert 0.1 < rec[key] <= 1.0, key
@@ -51,13 +61,16 @@ def test_04_regmean(tmp_path):
     assert all(c["verdict"] == "reproduces" for c in claims.values()), claims
     # the row is computed on the very merges the table shows: its difference is the table's difference
     assert claims["Fisher > average"]["diff"] == pytest.approx(rec["fisher_mean"] - rec["average_mean"], abs=2e-4)
-    assert set(rec["alpha_sweep"]) == {"0.0", "0.5", "0.9", "1.0"}
+    # computed "what to notice": the toy, RegMean > Fisher > average, the multi-task model above RegMean, partition
+    # experts better on their own classes, RegMean above the average on the partitions
+    assert rec["notices"] == [True] * 5, rec["notices"]
     assert len(rec["partitions"]) >= 4 and all(0.0 < v <= 1.0 for v in rec["partitions"].values())
 
 
 @pytest.mark.notebook
 def test_05_dfwe(tmp_path):
-    rec = run_smoke("05_", tmp_path)
+    rec = run_smoke("05_", tmp_path)  # it asserts its ask/tell loop by hand retraces dfwe (simplex and box)
+    assert all(n > 0 for n in rec["non_uniform_moves"].values()), rec["non_uniform_moves"]  # every search moved
     for name, best in rec["best_dev"].items():
         assert best >= rec["uniform_dev"], name
     assert {"Pretrain→Finetune (target only)", "uniform average"} <= set(rec["test"])
@@ -77,20 +90,24 @@ def test_05_dfwe(tmp_path):
 
 @pytest.mark.notebook
 def test_06_evolver(tmp_path):
-    rec = run_smoke("06_", tmp_path)
+    rec = run_smoke("06_", tmp_path)  # it asserts its mutation + crossover by hand equal the kit's step
     assert rec["average_trace"] == sorted(rec["average_trace"])
+    assert sum(rec["accepted"]) > 0 and rec["average_trace"][-1] > rec["average_trace"][0]  # evolution did something
     assert all(0 <= a <= 1 for a in rec["acceptance"])
     assert len(rec["grid_gain"]) == 2 and all(g >= 0 for r in rec["grid_gain"] for g in r)
     assert {"Evolver + RegMean", "plain regmean merge"} <= set(rec["test_mean"])
-    assert rec["dev"]["Evolver + RegMean"] >= rec["dev"]["plain regmean merge"]
+    assert rec["dev"]["Evolver + RegMean"] > rec["dev"]["plain regmean merge"]
+    # computed "what to notice": Evolver + RegMean above RegMean on dev (what selection guarantees) and above the
+    # same-budget coefficient search on test (13 points in smoke). Above plain RegMean on *test* it is recorded, not
+    # asserted: two generations gain 0.06 points there, far inside test noise.
+    assert rec["notices"][0] and rec["notices"][2], rec["notices"]
     for value in rec["test_mean"].values():
         assert 0.1 < value <= 1.0
 
 
 @pytest.mark.notebook
 def test_01_interpolation(tmp_path):
-    rec = run_smoke("01_", tmp_path)
-    assert rec["pair"] == ["sentiment", "subjectivity"] and rec["path_points"] == 21
+    rec = run_smoke("01_", tmp_path)  # it asserts lerp, SLERP and the barrier by hand equal the kit
     assert set(rec["acc_t0"]) == set(rec["acc_t1"]) == {"sentiment", "subjectivity"}
     assert rec["acc_t0"]["sentiment"] > 0.6 and rec["acc_t1"]["subjectivity"] > 0.6  # each expert on its own task
     for acc in (rec["acc_t0"], rec["acc_t1"], rec["acc_mid"]):
@@ -101,14 +118,21 @@ def test_01_interpolation(tmp_path):
     assert rec["mid_acc_same_init"] > rec["mid_acc_different_init"]  # no shared start, no merge at the midpoint
     assert rec["different_init_own_dev"] > 0.6  # the permuted start is a real expert too
     assert rec["barrier_different_init_acc"] > rec["barrier_same_init_acc"] + 0.05  # a bump appears between them
+    assert rec["distance_ratio"] > 5  # a different start lands far away in weight space
+    # computed "what to notice": each task best at its own expert, the midpoint above the base, and from different
+    # starts a lower midpoint and a higher accuracy barrier
+    assert rec["notices"] == [True] * 5, rec["notices"]
 
 
 @pytest.mark.notebook
 def test_02_landscape(tmp_path):
     rec = run_smoke("02_", tmp_path, resolution=4)  # 16 points a plane keeps the suite short; the tour draws 6 x 6
-    assert rec["grid_shape"] == [4, 4] and rec["dev_examples"] == 60
-    assert 0 < rec["grid_seconds"] < 300 and rec["grid_seconds_per_point"] > 0
+    # the notebook asserts its Gram–Schmidt coordinates by hand equal the kit's projection
+    assert 0 < rec["grid_seconds"] and rec["grid_seconds_per_point"] > 0
     assert 0 < rec["min_loss_plane"] < rec["max_loss_plane"] and rec["min_loss_slice"] <= rec["max_loss_slice"]
     assert rec["off_plane"]["average"] < 0.01 < rec["off_plane"]["TIES"]  # the average lies in the plane, TIES not
     assert all(0.0 < v <= 1.0 for v in rec["merge_acc"].values())
     assert 0.3 < rec["max_acc_plane3"] <= 1.0 and sum(rec["best_simplex"]) == pytest.approx(1.0)
+    # computed "what to notice": the average's mean loss below each expert's, RegMean > TIES > average off the
+    # plane, a random step longer than the way between experts, a mix of three experts above every corner
+    assert rec["notices"] == [True] * 5, rec["notices"]
