@@ -97,9 +97,12 @@ def test_checker_accepts_the_method_and_rejects_a_mistake(check, right, wrong):
         check(wrong)
 
 
-def test_checker_names_a_wrong_shape():
+def test_checker_names_a_wrong_shape_and_a_missing_return():
     with pytest.raises(AssertionError, match="shape"):
         checkers.check_fisher(lambda th, f: th[0].flatten())
+    for check in (checkers.check_ties, checkers.check_dare, checkers.check_crossover, checkers.check_plane_coordinates):
+        with pytest.raises(AssertionError, match="returned None"):
+            check(lambda *args: None)
 
 
 def test_ordering_states_the_order_and_admits_a_miss():

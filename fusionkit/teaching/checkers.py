@@ -21,8 +21,15 @@ def _cases(seed: int, trials: int):
         yield i, gen
 
 
+def _returned(name: str, got):
+    """The student's result as a float64 tensor; a function that returns nothing is named, not a crash."""
+    if got is None:
+        raise AssertionError(f"{name}: your function returned None; fix: return the result")
+    return torch.as_tensor(got, dtype=torch.float64)
+
+
 def _close(name: str, i: int, got, want, atol: float = 1e-5, what: str = "") -> None:
-    got = torch.as_tensor(got, dtype=torch.float64)
+    got = _returned(name, got)
     want = torch.as_tensor(want, dtype=torch.float64)
     if got.shape != want.shape:
         raise AssertionError(f"{name}: case {i} returned shape {tuple(got.shape)}, expected {tuple(want.shape)}{what}")
@@ -76,7 +83,7 @@ def check_dare(fn: Callable, p: float = 0.7, draws: int = 400, seed: int = 0) ->
     gen = torch.Generator().manual_seed(seed)
     tau = torch.randn(200, generator=gen, dtype=torch.float64)
     torch.manual_seed(seed)
-    outs = torch.stack([torch.as_tensor(fn(tau.clone(), p), dtype=torch.float64) for _ in range(draws)])
+    outs = torch.stack([_returned("check_dare", fn(tau.clone(), p)) for _ in range(draws)])
     if outs.shape[1:] != tau.shape:
         raise AssertionError(f"check_dare: returned shape {tuple(outs.shape[1:])}, expected {tuple(tau.shape)}")
     kept = outs != 0
@@ -140,7 +147,7 @@ def check_crossover(fn: Callable, CR: float = 0.3, draws: int = 300, seed: int =
     torch.manual_seed(seed)
     took = []
     for k in range(draws):
-        child = torch.as_tensor(fn(parent.clone(), donor.clone(), CR), dtype=torch.float64)
+        child = _returned("check_crossover", fn(parent.clone(), donor.clone(), CR))
         if child.shape != parent.shape or not ((child == 0) | (child == 1)).all():
             raise AssertionError("check_crossover: every entry must be the parent's or the donor's value")
         if child.sum() == 0:
@@ -172,6 +179,6 @@ def check_plane_coordinates(fn: Callable, trials: int = 4, seed: int = 0) -> str
     for i, gen in _cases(seed, trials):
         o, a, b, m = (torch.randn(30, generator=gen) for _ in range(4))
         want = plane_through({"w": o}, {"w": a}, {"w": b}).project({"w": m})
-        got = tuple(float(v) for v in fn(o, a, b, m))
+        got = tuple(float(v) for v in _returned("check_plane_coordinates", fn(o, a, b, m)))
         _close("check_plane_coordinates", i, got, want, atol=1e-4, what=" (x, y, off)")
     return _ok("check_plane_coordinates", trials, "Plane.project")
