@@ -107,10 +107,13 @@ def test_checker_names_a_wrong_shape_and_a_missing_return():
 
 def test_ordering_states_the_order_and_admits_a_miss():
     ok = ordering({"RegMean": 0.68, "average": 0.53, "Fisher": 0.58}, ["RegMean", "Fisher", "average"], "mean test")
-    assert ok.holds and "RegMean leads Fisher by 10.0 points" in str(ok) and "Fisher leads average by 5.0" in str(ok)
+    assert ok.holds and "RegMean − Fisher = +10.0 points" in str(ok) and "Fisher − average = +5.0 points" in str(ok)
     miss = ordering({"TIES": 0.51, "average": 0.53}, ["TIES", "average"], "mean test")
     assert not miss.holds and "did **not** come out" in str(miss) and "TIES − average = -2.0 points" in str(miss)
-    assert not ordering({"a": 0.54, "b": 0.53}, ["a", "b"], "x", margin=0.02).holds  # within the margin
+    within = ordering({"a": 0.54, "b": 0.53}, ["a", "b"], "x", margin=0.02)
+    assert not within.holds and "by more than 2.0 points" in str(within)  # within the margin
+    errors = ordering({"average": 6.73, "RegMean": 0.0669}, ["average", "RegMean"], "error", accuracy=False)
+    assert errors.holds and "average 6.73 > RegMean 0.0669" in str(errors) and "= +6.66" in str(errors)
     assert "What to notice" in ok._repr_markdown_()
     with pytest.raises(KeyError, match="no recorded value"):
         ordering({"a": 1.0}, ["a", "b"], "x")

@@ -30,7 +30,7 @@ def ordering(values: dict[str, float], expected: list[str], what: str, margin: f
     """Whether ``values`` follow ``expected`` (first = largest), each step by more than ``margin``.
 
     >>> str(ordering({"TIES": 0.62, "average": 0.55}, ["TIES", "average"], "mean test accuracy"))
-    'mean test accuracy: TIES 62.0% > average 55.0%, the expected order (TIES leads average by 7.0 points).'
+    'mean test accuracy: TIES 62.0% > average 55.0%, the expected order (TIES − average = +7.0 points).'
     """
     missing = [k for k in expected if k not in values]
     if missing:
@@ -38,13 +38,12 @@ def ordering(values: dict[str, float], expected: list[str], what: str, margin: f
     shown = " > ".join(f"{k} {_fmt(values[k], accuracy)}" for k in expected)
     steps = [(a, b, values[a] - values[b]) for a, b in zip(expected, expected[1:])]
     broken = [(a, b, d) for a, b, d in steps if not d > margin]
-    unit = " points" if accuracy else ""
-    scale = 100 if accuracy else 1
+    gap = (lambda d: f"{100 * d:+.1f} points") if accuracy else (lambda d: f"{d:+.3g}")
     if not broken:
-        gaps = "; ".join(f"{a} leads {b} by {scale * d:.1f}{unit}" for a, b, d in steps)
+        gaps = "; ".join(f"{a} − {b} = {gap(d)}" for a, b, d in steps)
         return Notice(f"{what}: {shown}, the expected order ({gaps}).{' ' + why if why else ''}", True)
-    misses = "; ".join(f"{a} − {b} = {scale * d:+.1f}{unit}" for a, b, d in broken)
-    need = f" by more than {scale * margin:g}{unit}" if margin else ""
+    misses = "; ".join(f"{a} − {b} = {gap(d)}" for a, b, d in broken)
+    need = f" by more than {gap(margin)[1:]}" if margin else ""
     return Notice(f"{what}: in this run the expected order {' > '.join(expected)}{need} did **not** come out "
                   f"({misses}). Measured: {', '.join(f'{k} {_fmt(values[k], accuracy)}' for k in expected)}.", False)
 
