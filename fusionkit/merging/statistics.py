@@ -105,17 +105,20 @@ def fisher_stats(model, tokenizer, task: Task, examples: int = 128, variant: str
 MEASURES = {"gram": gram_stats, "fisher": fisher_stats}
 
 
+# each measure's options, read once from its signature (the rule stays put if a test wraps the function)
+_OPTIONS = {kind: inspect.signature(fn).parameters for kind, fn in MEASURES.items()}
+
+
 def _defaults(kind: str) -> dict:
     """The measure's own defaults, e.g. ``{"examples": 256, "max_length": 128, "seed": 0, ...}``."""
-    return {n: p.default for n, p in inspect.signature(MEASURES[kind]).parameters.items()
-            if p.default is not inspect.Parameter.empty}
+    return {n: p.default for n, p in _OPTIONS[kind].items() if p.default is not inspect.Parameter.empty}
 
 
 def expert_stats(expert, kind: str, task: Task, **options) -> dict[str, torch.Tensor]:
     """Measure ``kind`` ("gram" or "fisher") for an :class:`~fusionkit.models.experts.Expert` on ``task``; cached."""
     if kind not in MEASURES:
         raise MergeError(f"unknown statistics {kind!r}; fix: use one of {sorted(MEASURES)}")
-    unknown = set(options) - set(inspect.signature(MEASURES[kind]).parameters)
+    unknown = set(options) - set(_OPTIONS[kind])
     if unknown:
         raise MergeError(f"{kind} statistics have no option(s) {sorted(unknown)}; fix: use "
                          f"{sorted(_defaults(kind))}")
