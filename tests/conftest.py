@@ -69,3 +69,20 @@ def run_smoke(prefix: str, tmp_path, **parameters) -> dict:
     row = run_notebook(nb, tmp_path, {"profile": "smoke", **parameters}, timeout=1800)
     assert row["status"] == "ok", row["error"]
     return row["record"]
+
+
+def kill_mid_write(code: str) -> int:
+    """Run ``code`` in a fresh interpreter until it prints "writing", SIGKILL it there, and return its pid: a
+    writer that dies with its temporary half written (what atomic writes must survive)."""
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "writing"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc.stdout.close()
+    return proc.pid

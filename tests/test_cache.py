@@ -1,5 +1,6 @@
 import pytest
 
+from conftest import kill_mid_write
 from fusionkit.core.errors import CacheError
 from fusionkit.core.cache import atomic_dir, atomic_write_text, cache_dir, stable_hash
 
@@ -75,7 +76,6 @@ def test_code_version_follows_code_not_comments(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------- durable writes
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -163,19 +163,13 @@ def test_a_killed_writer_leaves_the_previous_state_and_its_temporary_is_swept(ki
         save_file({"a": torch.ones(2), "b": torch.zeros(2)}, str(dest))
     before = sorted(p.name for p in tmp_path.iterdir())
     code = f"import time\nfrom pathlib import Path\nDEST = Path({str(dest)!r})\n" + KILLED_WRITERS[kind]
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "writing"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+    pid = kill_mid_write(code)
     if kind == "folder":
         assert (dest / "model.safetensors").read_bytes() == b"previous"
     else:
         assert torch.equal(load_file(dest)["a"], torch.ones(2))
     left = sorted(set(p.name for p in tmp_path.iterdir()) - set(before))
-    assert len(left) == 1 and f".tmp-{HOST}-{proc.pid}-" in left[0]  # the dead writer's, never the finished name
+    assert len(left) == 1 and f".tmp-{HOST}-{pid}-" in left[0]  # the dead writer's, never the finished name
     assert sweep(dest) == [tmp_path / left[0]]
     assert sorted(p.name for p in tmp_path.iterdir()) == before
 

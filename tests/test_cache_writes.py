@@ -2,12 +2,10 @@
 an exception in the middle, a failing fsync or rename, Ctrl-C, SIGKILL - the previous content stays and no temporary
 is left behind (a killed writer's one is swept by the next write). test_cache.py covers folders and safetensors."""
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
+from conftest import kill_mid_write
 from fusionkit.core import cache
 from fusionkit.core.cache import HOST, atomic_file, atomic_write_text, read_json, write_json
 
@@ -92,17 +90,10 @@ with atomic_file(Path(DEST)) as tmp:
 def test_a_writer_killed_mid_write_keeps_the_previous_file_and_the_next_write_sweeps_its_temporary(previous):
     """SIGKILL while the temporary is half written: the destination still reads as before, the one leftover carries
     the dead writer's pid, and the next write to the same file removes it."""
-    proc = subprocess.Popen([sys.executable, "-c", f"DEST = {str(previous)!r}\n" + KILLED], stdout=subprocess.PIPE,
-                            text=True)
-    try:
-        assert proc.stdout.readline().strip() == "writing"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        proc.stdout.close()
+    pid = kill_mid_write(f"DEST = {str(previous)!r}\n" + KILLED)
     assert read_json(previous) == {"version": 1}
     left = [n for n in names(previous.parent) if n != "recipe.json"]
-    assert len(left) == 1 and left[0].startswith(f".recipe.json.tmp-{HOST}-{proc.pid}-")
+    assert len(left) == 1 and left[0].startswith(f".recipe.json.tmp-{HOST}-{pid}-")
     assert cache.leftover_of(previous.parent / left[0]) == "recipe.json"
     write_json(previous, {"version": 3})
     assert read_json(previous) == {"version": 3}
