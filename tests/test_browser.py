@@ -120,6 +120,17 @@ def screenshot_on_failure(page, path: Path):
         raise
 
 
+def show_all_code(page) -> None:
+    """View ▸ Expand All Code. A collapsed input (the notebooks' solution cells) shows a placeholder whose prompt
+    never gets an execution count, so every cell is expanded before the run is waited on."""
+    if page.locator(".jp-InputPlaceholder").count() == 0:
+        return
+    page.locator(".lm-MenuBar-itemLabel", has_text="View").first.click(timeout=10_000)
+    page.locator(".lm-Menu-itemLabel", has_text="Expand All Code").first.click(timeout=10_000)
+    page.wait_for_function("() => document.querySelectorAll('.jp-InputPlaceholder').length === 0",
+                           timeout=10_000, polling=250)
+
+
 def run_all_and_wait(page, timeout_s: float) -> None:
     """Run ▸ Restart Kernel and Run All Cells, then wait until every code cell has an execution count and the
     kernel is idle.
@@ -129,6 +140,7 @@ def run_all_and_wait(page, timeout_s: float) -> None:
     """
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
     page.wait_for_timeout(3000)
+    show_all_code(page)
     started = "() => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'))" \
               ".some(p => /\\[(\\*|\\d+)\\]/.test(p.textContent))"
     accept = page.locator(".jp-Dialog .jp-mod-accept")  # "Select Kernel" or "Restart Kernel?"
@@ -145,15 +157,21 @@ def run_all_and_wait(page, timeout_s: float) -> None:
             if attempt == 3:
                 raise
             page.keyboard.press("Escape")  # close a menu or dialog left open
-    page.wait_for_function(
-        """() => {
-            const prompts = Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'));
-            const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
-            return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
-                   && ind && ind.getAttribute('data-status') === 'idle';
-        }""", timeout=timeout_s * 1000, polling=500)
     stderr = ".jp-OutputArea-output[data-mime-type='application/vnd.jupyter.stderr']"
     errors = page.locator(stderr, has_text="Traceback")
+    try:
+        page.wait_for_function(
+            """() => {
+                const prompts = Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'));
+                const ind = document.querySelector('.jp-Notebook-ExecutionIndicator');
+                return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
+                       && ind && ind.getAttribute('data-status') === 'idle';
+            }""", timeout=timeout_s * 1000, polling=500)
+    except Exception:
+        prompts = page.evaluate("() => Array.from(document.querySelectorAll('.jp-CodeCell .jp-InputPrompt'))"
+                                ".map(p => p.textContent)")
+        error = errors.first.inner_text()[:2000] if errors.count() else "no traceback shown"
+        pytest.fail(f"not every cell ran in {timeout_s:.0f} s; the prompts read {prompts}; {error}")
     assert errors.count() == 0, errors.first.inner_text()[:2000]
 
 
@@ -242,7 +260,7 @@ def test_01_interpolation_slider_moves_the_marker(tmp_path):
     build_zoo("multitask", "smoke")  # in this process, so that the notebook only loads cached experts
     committed = path.read_bytes()
     try:
-        before, after = drive_slider_notebook(path.parent, path.name, tmp_path, run_timeout_s=900)
+        before, after = drive_slider_notebook(path.parent, path.name, tmp_path, run_timeout_s=600)
     finally:
         now = path.read_bytes()
         written = now != committed and any(c.get("execution_count") for c in json.loads(now)["cells"])
