@@ -39,10 +39,11 @@ def free_port() -> int:
 
 
 @contextmanager
-def jupyterlab(root: Path, scratch: Path):
-    """A JupyterLab serving ``root``; yields its base URL and token; always stops it and its kernels."""
+def jupyterlab(root: Path, scratch: Path, **extra_env: str):
+    """A JupyterLab serving ``root`` (its kernels inherit ``extra_env``); yields its base URL and token; always
+    stops it and its kernels."""
     port, token = free_port(), secrets.token_hex(16)
-    env = dict(os.environ, JUPYTER_RUNTIME_DIR=str(scratch / "runtime"), JUPYTER_CONFIG_DIR=str(scratch / "config"),
+    env = dict(os.environ, **extra_env, JUPYTER_RUNTIME_DIR=str(scratch / "runtime"), JUPYTER_CONFIG_DIR=str(scratch / "config"),
                JUPYTERLAB_SETTINGS_DIR=str(scratch / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(scratch / "workspaces"),
                # the python3 kernel must be this interpreter, as under the tour
@@ -205,10 +206,11 @@ def move_slider(page, slider, presses: int = 5) -> None:
         page.wait_for_timeout(100)
 
 
-def drive_slider_notebook(root: Path, name: str, scratch: Path, run_timeout_s: float) -> tuple[str, str]:
+def drive_slider_notebook(root: Path, name: str, scratch: Path, run_timeout_s: float,
+                          **extra_env: str) -> tuple[str, str]:
     """Open ``root/name`` in JupyterLab, run it, move slider ``t``; returns the data of the plotly figure in the
     slider's cell (the explorer's ``FigureWidget``) before and after."""
-    with jupyterlab(root, scratch) as (url, token), chromium(scratch) as page:
+    with jupyterlab(root, scratch, **extra_env) as (url, token), chromium(scratch) as page:
         with screenshot_on_failure(page, scratch / "failure.png"):
             page.goto(f"{url}/lab/tree/{name}?token={token}&reset", timeout=120_000)
             run_all_and_wait(page, run_timeout_s)
@@ -252,15 +254,21 @@ def test_widgets_and_plotly_work_in_jupyterlab(tmp_path):
 
 @pytest.mark.notebook
 def test_01_interpolation_slider_moves_the_marker(tmp_path):
-    """Open notebooks/01_interpolation.ipynb, run it, move the t slider, and see the figure's data change."""
+    """Open notebooks/01_interpolation.ipynb, run it, move the t slider, and see the figure's data change.
+
+    This is the suite's one execution of notebook 01: its recorded claims are asserted here, as
+    tests/test_notebooks.py asserts the other notebooks' after their papermill runs."""
+    from fusionkit import build_zoo
+    from fusionkit.tour import RECORD_ENV
+    from test_notebooks import check_interpolation_record
+
     path = REPO / "notebooks" / "01_interpolation.ipynb"
     assert path.exists(), "notebooks/01_interpolation.ipynb is missing (issue 6, part A)"
-    from fusionkit import build_zoo
-
     build_zoo("multitask", "smoke")  # in this process, so that the notebook only loads cached experts
-    committed = path.read_bytes()
+    committed, record = path.read_bytes(), tmp_path / "record.json"
     try:
-        before, after = drive_slider_notebook(path.parent, path.name, tmp_path, run_timeout_s=600)
+        before, after = drive_slider_notebook(path.parent, path.name, tmp_path, run_timeout_s=600,
+                                              **{RECORD_ENV: str(record)})
     finally:
         now = path.read_bytes()
         written = now != committed and any(c.get("execution_count") for c in json.loads(now)["cells"])
@@ -270,6 +278,8 @@ def test_01_interpolation_slider_moves_the_marker(tmp_path):
     before, after = json.loads(before), json.loads(after)
     assert [t.get("name") for t in before] == [t.get("name") for t in after]  # the same figure, its data moved
     assert before != after
+    assert record.exists(), "notebook 01 ran in JupyterLab but recorded nothing (its last cell calls fk.record)"
+    check_interpolation_record(json.loads(record.read_text()))
 
 
 # Inline and display math as the notebooks write it; the offline page must typeset exactly these.

@@ -90,11 +90,13 @@ def test_05_dfwe(tmp_path):
 
 @pytest.mark.notebook
 def test_06_evolver(tmp_path):
-    rec = run_smoke("06_", tmp_path)  # it asserts its mutation + crossover by hand equal the kit's step
+    # it asserts its mutation + crossover by hand equal the kit's step; one CR column keeps the suite short (the
+    # tour draws the 2 x 2 grid)
+    rec = run_smoke("06_", tmp_path, grid_CR=[0.9])
     assert rec["average_trace"] == sorted(rec["average_trace"])
     assert sum(rec["accepted"]) > 0 and rec["average_trace"][-1] > rec["average_trace"][0]  # evolution did something
     assert all(0 <= a <= 1 for a in rec["acceptance"])
-    assert len(rec["grid_gain"]) == 2 and all(g >= 0 for r in rec["grid_gain"] for g in r)
+    assert all(g >= 0 for r in rec["grid_gain"] for g in r)  # selection keeps the plain merge at worst
     assert {"Evolver + RegMean", "plain regmean merge"} <= set(rec["test_mean"])
     assert rec["dev"]["Evolver + RegMean"] > rec["dev"]["plain regmean merge"]
     # computed "what to notice": Evolver + RegMean above RegMean on dev (what selection guarantees) and above the
@@ -105,9 +107,9 @@ def test_06_evolver(tmp_path):
         assert 0.1 < value <= 1.0
 
 
-@pytest.mark.notebook
-def test_01_interpolation(tmp_path):
-    rec = run_smoke("01_", tmp_path)  # it asserts lerp, SLERP and the barrier by hand equal the kit
+def check_interpolation_record(rec: dict) -> None:
+    """Notebook 01's claims. The notebook runs once in the suite, in JupyterLab (tests/test_browser.py, which also
+    moves its slider); it asserts lerp, SLERP and the barrier by hand equal the kit."""
     assert set(rec["acc_t0"]) == set(rec["acc_t1"]) == {"sentiment", "subjectivity"}
     assert rec["acc_t0"]["sentiment"] > 0.6 and rec["acc_t1"]["subjectivity"] > 0.6  # each expert on its own task
     for acc in (rec["acc_t0"], rec["acc_t1"], rec["acc_mid"]):
