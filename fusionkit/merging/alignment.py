@@ -1,0 +1,128 @@
+"""Permutation alignment by weight matching (Ainsworth et al. 2023, *Git Re-Basin*, algorithm 2), for BERT-family
+encoders: reorder one model's hidden units so that they line up with another's before the two are interpolated.
+
+A network has many weight vectors for one function: permuting the hidden units of a feed-forward block (rows of
+its first matrix and bias, columns of its second) or the heads of an attention layer (blocks of rows of Q, K, V,
+blocks of columns of the output projection) changes no output. Two models trained from different starts may be
+close *after* such a reordering while far apart before it - averaging unit *i* of one with unit *i* of the other
+then mixes unrelated features, which is the barrier of notebook 01. Weight matching picks, per block, the
+permutation P that maximises the inner product of the reference's weights with the permuted other's,
+
+    P* = argmax_P  Σ_W ⟨W_A, P W_B⟩   (summed over every matrix the block's units index: rows and columns),
+
+a linear assignment problem solved exactly by the Hungarian method (``scipy.optimize.linear_sum_assignment``).
+Blocks whose units feed only one another (one feed-forward block; the heads of one attention layer) are solved
+independently and exactly. What this module does not align: the residual stream (one permutation shared by every
+layer, the embeddings and each LayerNorm - Git Re-Basin's coordinate descent) and the dimensions inside a head
+(Q with K, V with the output projection); both leave the function unchanged too, and ``finetune(permute=...)``
+shuffles neither, so aligning such an expert back needs neither.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from ..core.errors import MergeError
+from ..core.lazy import lazy_import
+
+torch = lazy_import("torch")
+
+FFN = re.compile(r"^(?P<layer>.*)\.intermediate\.dense\.weight$")
+
+
+@dataclass
+class Alignment:
+    """The other model reordered (``state``), the permutation of each block (``perms[block]``: unit i of the
+    aligned model is unit ``perms[block][i]`` of the other) and how many units each block moved."""
+
+    state: dict
+    perms: dict
+    moved: dict
+
+    def __repr__(self) -> str:
+        total = sum(len(p) for p in self.perms.values())
+        return (f"Alignment({len(self.perms)} blocks, {sum(self.moved.values())} of {total} units moved)")
+
+
+def _assign(similarity) -> "torch.Tensor":
+    """The permutation maximising the total similarity: row i of the reference takes column perm[i] of the other."""
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(similarity.double().cpu().numpy(), maximize=True)
+    return torch.as_tensor(cols[rows.argsort()], dtype=torch.long)
+
+
+def _check(reference: dict, other: dict, names: list[str]) -> None:
+    for n in names:
+        if n not in other:
+            raise MergeError(f"weight matching: {n!r} is in the reference but not in the other model; fix: align two "
+                             "checkpoints of the same architecture")
+        if tuple(reference[n].shape) != tuple(other[n].shape):
+            raise MergeError(f"weight matching: {n!r} has shape {tuple(reference[n].shape)} in the reference but "
+                             f"{tuple(other[n].shape)} in the other model; fix: align same-architecture checkpoints")
+
+
+def _ffn(reference: dict, state: dict, layer: str):
+    """One feed-forward block: units are rows of intermediate.dense (weight, bias) and columns of output.dense."""
+    rows = [f"{layer}.intermediate.dense.weight", f"{layer}.intermediate.dense.bias"]
+    cols = [f"{layer}.output.dense.weight"]
+    rows = [n for n in rows if n in reference]
+    _check(reference, state, rows + cols)
+    sim = sum(reference[n].double().reshape(len(reference[n]), -1) @ state[n].double().reshape(len(state[n]), -1).T
+              for n in rows)
+    sim = sim + sum(reference[n].double().T @ state[n].double() for n in cols)
+    perm = _assign(sim)
+    for n in rows:
+        state[n] = state[n][perm]
+    for n in cols:
+        state[n] = state[n][:, perm]
+    return perm
+
+
+def _heads(reference: dict, state: dict, layer: str, num_heads: int):
+    """One attention layer's heads: head h is rows [h·d, (h+1)·d) of Q, K, V (weights and biases) and the same
+    columns of the output projection; heads move as whole blocks."""
+    att = f"{layer}.attention"
+    rows = [f"{att}.self.{p}.{k}" for p in ("query", "key", "value") for k in ("weight", "bias")]
+    rows = [n for n in rows if n in reference]
+    cols = [f"{att}.output.dense.weight"]
+    _check(reference, state, rows + cols)
+    width = reference[cols[0]].shape[1]
+    if width % num_heads:
+        raise MergeError(f"weight matching: {att} has width {width}, not divisible by num_heads={num_heads}; fix: "
+                         "pass the model's config.num_attention_heads")
+    d = width // num_heads
+
+    def blocks(t, by_cols=False):  # [heads, everything a head owns]
+        t = t.double().T if by_cols else t.double()
+        return t.reshape(num_heads, d * (t.shape[1] if t.dim() == 2 else 1))
+
+    sim = sum(blocks(reference[n]) @ blocks(state[n]).T for n in rows)
+    sim = sim + sum(blocks(reference[n], True) @ blocks(state[n], True).T for n in cols)
+    perm = _assign(sim)
+    units = (perm[:, None] * d + torch.arange(d)).reshape(-1)
+    for n in rows:
+        state[n] = state[n][units]
+    for n in cols:
+        state[n] = state[n][:, units]
+    return perm
+
+
+def weight_matching(reference: dict, other: dict, num_heads: int | None = None) -> Alignment:
+    """Align ``other`` to ``reference`` (two state dicts of one BERT-family architecture, bodies or whole models):
+    every feed-forward block's hidden units and, with ``num_heads``, every attention layer's heads, each by an
+    exact linear assignment on the weights (module docstring). ``other`` is not modified; the aligned copy computes
+    the same function as ``other``. Interpolate ``reference`` with ``.state`` instead of with ``other``."""
+    layers = [m.group("layer") for n in reference if (m := FFN.match(n))]
+    if not layers:
+        raise MergeError("weight matching: no '*.intermediate.dense.weight' feed-forward blocks in the reference; "
+                         "fix: pass BERT-family state dicts (encoder layers with intermediate/output dense blocks)")
+    state = dict(other)
+    perms, moved = {}, {}
+    for layer in layers:
+        blocks = [("ffn", _ffn)] + ([("heads", lambda r, s, lay: _heads(r, s, lay, num_heads))] if num_heads else [])
+        for kind, align in blocks:
+            perm = align(reference, state, layer)
+            perms[f"{layer}:{kind}"] = perm
+            moved[f"{layer}:{kind}"] = int((perm != torch.arange(len(perm))).sum())
+    return Alignment(state, perms, moved)
