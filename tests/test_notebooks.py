@@ -121,9 +121,13 @@ def check_interpolation_record(rec: dict) -> None:
     assert rec["different_init_own_dev"] > 0.6  # the permuted start is a real expert too
     assert rec["barrier_different_init_acc"] > rec["barrier_same_init_acc"] + 0.05  # a bump appears between them
     assert rec["distance_ratio"] > 5  # a different start lands far away in weight space
+    # weight matching undoes the permuted start: back next to A, and the midpoint and barrier of a shared start
+    assert rec["aligned_distance_ratio"] < 1.5
+    assert rec["mid_acc_aligned"] > rec["mid_acc_different_init"]
+    assert rec["barrier_aligned_acc"] < rec["barrier_different_init_acc"] - 0.05
     # computed "what to notice": each task best at its own expert, the midpoint above the base, and from different
-    # starts a lower midpoint and a higher accuracy barrier
-    assert rec["notices"] == [True] * 5, rec["notices"]
+    # starts a lower midpoint and a higher accuracy barrier; aligned, a higher midpoint again
+    assert rec["notices"] == [True] * 6, rec["notices"]
 
 
 @pytest.mark.notebook
