@@ -41,7 +41,7 @@ class Alignment:
 
     def __repr__(self) -> str:
         total = sum(len(p) for p in self.perms.values())
-        return (f"Alignment({len(self.perms)} blocks, {sum(self.moved.values())} of {total} units moved)")
+        return f"Alignment({len(self.perms)} blocks, {sum(self.moved.values())} of {total} units moved)"
 
 
 def _assign(similarity) -> "torch.Tensor":
@@ -62,50 +62,46 @@ def _check(reference: dict, other: dict, names: list[str]) -> None:
                              f"{tuple(other[n].shape)} in the other model; fix: align same-architecture checkpoints")
 
 
-def _ffn(reference: dict, state: dict, layer: str):
-    """One feed-forward block: units are rows of intermediate.dense (weight, bias) and columns of output.dense."""
-    rows = [f"{layer}.intermediate.dense.weight", f"{layer}.intermediate.dense.bias"]
-    cols = [f"{layer}.output.dense.weight"]
-    rows = [n for n in rows if n in reference]
+def _match(reference: dict, state: dict, rows: list[str], cols: list[str], size: int = 1):
+    """One block: its units are the rows of the ``rows`` tensors and the columns of the ``cols`` tensors, ``size``
+    consecutive units moving together (1 for feed-forward units, the head width for heads). Permutes ``state`` in
+    place and returns the permutation of the groups."""
+    rows = [n for n in rows if n in reference]  # biases are optional
     _check(reference, state, rows + cols)
-    sim = sum(reference[n].double().reshape(len(reference[n]), -1) @ state[n].double().reshape(len(state[n]), -1).T
-              for n in rows)
-    sim = sim + sum(reference[n].double().T @ state[n].double() for n in cols)
-    perm = _assign(sim)
-    for n in rows:
-        state[n] = state[n][perm]
-    for n in cols:
-        state[n] = state[n][:, perm]
-    return perm
 
-
-def _heads(reference: dict, state: dict, layer: str, num_heads: int):
-    """One attention layer's heads: head h is rows [h·d, (h+1)·d) of Q, K, V (weights and biases) and the same
-    columns of the output projection; heads move as whole blocks."""
-    att = f"{layer}.attention"
-    rows = [f"{att}.self.{p}.{k}" for p in ("query", "key", "value") for k in ("weight", "bias")]
-    rows = [n for n in rows if n in reference]
-    cols = [f"{att}.output.dense.weight"]
-    _check(reference, state, rows + cols)
-    width = reference[cols[0]].shape[1]
-    if width % num_heads:
-        raise MergeError(f"weight matching: {att} has width {width}, not divisible by num_heads={num_heads}; fix: "
-                         "pass the model's config.num_attention_heads")
-    d = width // num_heads
-
-    def blocks(t, by_cols=False):  # [heads, everything a head owns]
+    def grouped(t, by_cols):  # [groups, everything a group owns]
         t = t.double().T if by_cols else t.double()
-        return t.reshape(num_heads, d * (t.shape[1] if t.dim() == 2 else 1))
+        return t.reshape(t.shape[0] // size, -1)
 
-    sim = sum(blocks(reference[n]) @ blocks(state[n]).T for n in rows)
-    sim = sim + sum(blocks(reference[n], True) @ blocks(state[n], True).T for n in cols)
+    sim = sum(grouped(reference[n], by_cols) @ grouped(state[n], by_cols).T
+              for names, by_cols in ((rows, False), (cols, True)) for n in names)
     perm = _assign(sim)
-    units = (perm[:, None] * d + torch.arange(d)).reshape(-1)
+    units = (perm[:, None] * size + torch.arange(size)).reshape(-1)
     for n in rows:
         state[n] = state[n][units]
     for n in cols:
         state[n] = state[n][:, units]
     return perm
+
+
+def _ffn(reference: dict, state: dict, layer: str):
+    """A feed-forward block: rows of intermediate.dense (weight, bias), columns of output.dense."""
+    return _match(reference, state, [f"{layer}.intermediate.dense.weight", f"{layer}.intermediate.dense.bias"],
+                  [f"{layer}.output.dense.weight"])
+
+
+def _heads(reference: dict, state: dict, layer: str, num_heads: int):
+    """An attention layer's heads: head h is rows [h·d, (h+1)·d) of Q, K, V (weights and biases) and the same
+    columns of the output projection; heads move as whole blocks."""
+    att = f"{layer}.attention"
+    out = f"{att}.output.dense.weight"
+    _check(reference, state, [out])
+    width = reference[out].shape[1]
+    if width % num_heads:
+        raise MergeError(f"weight matching: {att} has width {width}, not divisible by num_heads={num_heads}; fix: "
+                         "pass the model's config.num_attention_heads")
+    rows = [f"{att}.self.{p}.{k}" for p in ("query", "key", "value") for k in ("weight", "bias")]
+    return _match(reference, state, rows, [out], size=width // num_heads)
 
 
 def weight_matching(reference: dict, other: dict, num_heads: int | None = None) -> Alignment:
@@ -120,9 +116,10 @@ def weight_matching(reference: dict, other: dict, num_heads: int | None = None) 
     state = dict(other)
     perms, moved = {}, {}
     for layer in layers:
-        blocks = [("ffn", _ffn)] + ([("heads", lambda r, s, lay: _heads(r, s, lay, num_heads))] if num_heads else [])
-        for kind, align in blocks:
-            perm = align(reference, state, layer)
+        found = {"ffn": _ffn(reference, state, layer)}
+        if num_heads:
+            found["heads"] = _heads(reference, state, layer, num_heads)
+        for kind, perm in found.items():
             perms[f"{layer}:{kind}"] = perm
             moved[f"{layer}:{kind}"] = int((perm != torch.arange(len(perm))).sum())
     return Alignment(state, perms, moved)
