@@ -84,11 +84,18 @@ def test_the_kits_warnings_print_as_one_line(capsys, monkeypatch):
 
 @pytest.mark.assets
 def test_zoo_multitask_smoke_json_every_expert_above_chance():
-    """The foundation's acceptance check, run as a user would: `python -m fusionkit zoo multitask ...`."""
-    out = subprocess.run([sys.executable, "-m", "fusionkit", "zoo", "multitask", "--profile", "smoke", "--json"],
-                         capture_output=True, text=True, check=True).stdout
+    """The foundation's acceptance check, run as a user would: `python -m fusionkit zoo multitask ...`.
+
+    Scored as the notebooks score (``auto``): the matrix is cached per precision, so the suite scores it once."""
+    import torch
+
+    from fusionkit.core.runtime import resolve_precision
+
+    out = subprocess.run([sys.executable, "-m", "fusionkit", "zoo", "multitask", "--profile", "smoke", "--json",
+                          "--precision", "auto"], capture_output=True, text=True, check=True).stdout
     data = json.loads(out)
     assert data["zoo"] == "multitask" and data["profile"] == "smoke"
+    assert data["precision"] == resolve_precision("auto", torch.device("cpu"))
     assert set(data["tasks"]) == {"sentiment", "subjectivity", "topic", "reuters", "author"}
     for e in data["experts"]:
         own = e["scores"][e["task"]]
@@ -108,7 +115,7 @@ def test_merge_cli_json_and_saved_folder_scores_the_same(tmp_path):
 
     out = tmp_path / "merged"
     proc = subprocess.run([sys.executable, "-m", "fusionkit", "merge", "ties", "--zoo", "multitask", "--profile",
-                           "smoke", "--density", "0.2", "--json", "--out", str(out)],
+                           "smoke", "--density", "0.2", "--json", "--precision", "auto", "--out", str(out)],
                           capture_output=True, text=True, check=True)
     data = json.loads(proc.stdout)
     assert data["method"] == "ties" and data["options"]["density"] == 0.2
@@ -120,7 +127,8 @@ def test_merge_cli_json_and_saved_folder_scores_the_same(tmp_path):
     assert (out / "mergekit.yml").read_text().startswith("merge_method: ties")
     zoo = build_zoo("multitask", "smoke", quiet=True)
     model = AutoModelForSequenceClassification.from_pretrained(out / "author")
-    ev = Evaluator(model, AutoTokenizer.from_pretrained(out / "author"), max_length=zoo.profile.max_length)
+    ev = Evaluator(model, AutoTokenizer.from_pretrained(out / "author"), max_length=zoo.profile.max_length,
+                   precision="auto")
     assert round(ev.score(zoo.tasks["author"], "test"), 4) == data["results"]["author"]["test"]
 
 
@@ -138,7 +146,7 @@ def test_search_smoke_json(method, extra, history_key, tmp_path):
     """`fusionkit search dfwe|evolve --json` as a user runs it: trace, best (dev and test) and baselines."""
     out = tmp_path / "best"
     res = subprocess.run([sys.executable, "-m", "fusionkit", "search", method, "--profile", "smoke", "--json",
-                          "--out", str(out), *extra], capture_output=True, text=True)
+                          "--precision", "auto", "--out", str(out), *extra], capture_output=True, text=True)
     assert res.returncode == 0, res.stderr[-2000:]
     data = json.loads(res.stdout)
     assert data["method"] == method and data["history"] and history_key in data["history"][0]

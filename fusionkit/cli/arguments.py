@@ -28,6 +28,7 @@ def zoo(z) -> None:
 
     z.add_argument("name", choices=sorted(ZOOS))
     profile(z)
+    z.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
     z.add_argument("--seed", type=int, default=0)
     z.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 

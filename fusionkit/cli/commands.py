@@ -26,12 +26,13 @@ def zoo(args) -> int:
 
     quiet_transformers()
     zoo = build_zoo(args.name, args.profile, seed=args.seed, quiet=args.json)
-    data = zoo.to_dict()
+    data = zoo.to_dict(zoo.evaluator(args.precision))
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
     tasks = list(data["tasks"])
-    print(f"zoo {data['zoo']} ({data['profile']}): test accuracy, expert x task (* = own task)")
+    print(f"zoo {data['zoo']} ({data['profile']}): test accuracy, expert x task (* = own task), "
+          f"scored in {data['precision']}")
     print(f"{'expert':<28}" + "".join(f"{t:>14}" for t in tasks))
     for e in data["experts"]:
         cells = "".join(f"{e['scores'][t]['test']:>13.3f}{'*' if e['task'] == t else ' '}" for t in tasks)

@@ -108,10 +108,12 @@ class Zoo:
         return train_multitask(self.base, union_by_task(self.train_tasks), self.profile,
                                seed=self.experts[0].recipe["seed"], quiet=quiet)
 
-    def to_dict(self) -> dict:
-        """The CLI's JSON: tasks with their chance level, experts with their scores on every task."""
-        matrix = self.matrix()
+    def to_dict(self, evaluator: Evaluator | None = None) -> dict:
+        """The CLI's JSON: tasks with their chance level, experts with their scores on every task (scored by
+        ``evaluator``'s precision, float32 without one: :meth:`matrix`)."""
+        matrix = self.matrix(evaluator)
         return {
+            "precision": evaluator.precision if evaluator is not None else "float32",
             "zoo": self.name,
             "profile": self.profile.name,
             "base": self.base,
