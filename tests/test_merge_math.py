@@ -108,6 +108,29 @@ def test_ties_on_hand_made_vectors():
     torch.testing.assert_close(out, torch.tensor([2.0, 2.0, 0.5, -4.0]))
 
 
+def test_ties_in_float32_matches_the_float64_definition_with_weights():
+    """TIES computes in float32 (for speed); the same merge written out in float64 - trim, elect by weighted mass,
+    weighted mean of the agreeing entries - lands within float32 rounding, with unequal weights and λ ≠ 1."""
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(300, 40, generator=g) * 0.05
+    experts = [base + 0.01 * torch.randn(300, 40, generator=g) for _ in range(4)]
+    w, density, lam = torch.tensor([1.0, 0.5, 2.0, 0.7], dtype=torch.float64), 0.3, 1.3
+    got = merge("ties", [{"w": e} for e in experts], base={"w": base}, weights=w.tolist(), density=density,
+                lam=lam)["w"]
+    taus = torch.stack([e.double() - base.double() for e in experts])
+    k = round(density * taus[0].numel())
+    cut = taus.abs().flatten(1).kthvalue(taus[0].numel() - k + 1, dim=1).values.view(-1, 1, 1)
+    trimmed = taus * (taus.abs() >= cut)
+    sign = torch.sign((w.view(-1, 1, 1) * trimmed).sum(0))
+    agree = ((torch.sign(trimmed) == sign) & (trimmed != 0)).double()
+    want = base.double() + lam * (w.view(-1, 1, 1) * trimmed * agree).sum(0) / (w.view(-1, 1, 1) * agree).sum(0)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), torch.nan_to_num(want, nan=0.0) + base.double() * want.isnan(),
+                               rtol=0, atol=1e-7)
+    assert not torch.equal(got, merge("ties", [{"w": e} for e in experts], base={"w": base}, density=density,
+                                      lam=lam)["w"])  # the weights matter
+
+
 def test_trim_and_disjoint_merge():
     t = torch.tensor([0.1, -5.0, 2.0, 0.3])
     assert trim(t, 0.5).tolist() == [0.0, -5.0, 2.0, 0.0]

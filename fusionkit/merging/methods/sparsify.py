@@ -16,8 +16,9 @@ torch = lazy_import("torch")
 def ties(tensors, base, w, ctx, *, density=0.2, lam=1.0):
     """TIES-merging (Yadav et al. 2023): (1) trim each τᵢ to its top-``density`` entries by magnitude, (2) elect a
     sign per entry s = sgn(Σ wᵢτ̂ᵢ), (3) average only the entries that agree with s (disjoint mean), θ = θ₀ + λτ_M."""
-    taus = torch.stack([trim(t.double() - base.double(), density) for t in tensors])
-    return base.double() + lam * disjoint_merge(taus, w)
+    b = base.float()  # float32: exact enough here, 2x faster (fusionkit.merging.ops)
+    taus = torch.stack([trim(t.float() - b, density) for t in tensors])
+    return b + lam * disjoint_merge(taus, w)
 
 
 @register("dare", "DARE: random drop p + rescale, then task arithmetic or TIES", needs_base=True,
