@@ -21,7 +21,8 @@ def test_00_start_here(tmp_path):
 
 @pytest.mark.notebook
 def test_03_task_vectors(tmp_path):
-    rec = run_smoke("03_", tmp_path)  # the notebook asserts TIES and DARE by hand equal the kit on a real tensor
+    # two λ of three in the sweep (nothing below reads it); the notebook asserts TIES and DARE by hand = the kit
+    rec = run_smoke("03_", tmp_path, sweep_values=[0.5, 1.0])
     assert set(rec["mean_test"]) >= {"average", "multi-task model (upper bound)", "each expert on its own task"}
     for value in rec["mean_test"].values():
         assert 0.1 < value <= 1.0
@@ -45,7 +46,9 @@ def test_03_task_vectors(tmp_path):
 
 @pytest.mark.notebook
 def test_04_regmean(tmp_path):
-    rec = run_smoke("04_", tmp_path)  # it asserts lstsq = closed form = the kit on hooked inputs, and the zoo's layer
+    # two α and two Gram budgets (of four and three; nothing below reads the sweeps): the tour draws the full curves
+    rec = run_smoke("04_", tmp_path, alphas=[0.5, 1.0], budgets=[8, 128])
+    # it asserts lstsq = closed form = the kit on hooked inputs, and the zoo's layer
     assert rec["layer_loss_ratio"] < 1.0  # RegMean minimises its own per-layer regression loss
     for key in ("regmean_mean", "average_mean", "fisher_mean", "multitask_mean"):
         assert 0.1 < rec[key] <= 1.0, key
@@ -90,9 +93,9 @@ def test_05_dfwe(tmp_path):
 
 @pytest.mark.notebook
 def test_06_evolver(tmp_path):
-    # it asserts its mutation + crossover by hand equal the kit's step; one CR column keeps the suite short (the
-    # tour draws the 2 x 2 grid)
-    rec = run_smoke("06_", tmp_path, grid_CR=[0.9])
+    # it asserts its mutation + crossover by hand equal the kit's step; one cell of the F x CR grid keeps the suite
+    # short (the tour draws the 2 x 2 grid; tests/test_search.py pins that selection never falls)
+    rec = run_smoke("06_", tmp_path, grid_F=[0.9], grid_CR=[0.9])
     assert rec["average_trace"] == sorted(rec["average_trace"])
     assert sum(rec["accepted"]) > 0 and rec["average_trace"][-1] > rec["average_trace"][0]  # evolution did something
     assert all(0 <= a <= 1 for a in rec["acceptance"])
