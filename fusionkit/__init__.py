@@ -37,6 +37,8 @@ _API = {
     "task_from": "data.tasks:task_from",
     # models
     "Expert": "models.experts:Expert", "finetune": "models.training:finetune",
+    "expert_from": "models.checkpoints:expert_from", "Checkpoint": "models.checkpoints:Checkpoint",
+    "perplexity": "models.perplexity:perplexity",
     "Evaluator": "models.evaluator:Evaluator", "evaluate": "models.evaluator:evaluate", "Scorer": "models.scorer:Scorer",
     "ZOOS": "models.zoo:ZOOS", "Zoo": "models.zoo:Zoo", "build_zoo": "models.zoo:build_zoo",
     "zoo_scorer": "models.zoo:zoo_scorer", "home_classes": "models.zoo:home_classes",

@@ -23,7 +23,7 @@ from ..core.errors import MergeError
 from .methods.averaging import average
 from .ops import Coefficients, coefficients_for
 from .registry import get_method
-from .safetensors_io import LazyState, SafetensorsWriter
+from .safetensors_io import SafetensorsWriter, lazy_state
 from .statedict import ParamFilter, StateDict, check_compatible, check_finite
 
 
@@ -101,17 +101,18 @@ def _emit(out: dict, sink, name: str, tensor: torch.Tensor) -> None:
         sink(name, tensor)
 
 
-def merge_files(method: str, experts: list[str], out: str, base: str | None = None, stats: list[dict] | None = None,
-                **options) -> MergeResult:
+def merge_files(method: str, experts: list, out: str, base=None, stats: list[dict] | None = None,
+                labels: list[str] | None = None, **options) -> MergeResult:
     """Merge safetensors files into a safetensors file, streaming: each tensor is read from every input,
-    merged and written before the next is read, so memory stays near one tensor per input."""
-    states = [LazyState(p) for p in experts]
-    base_state = LazyState(base) if base is not None else None
+    merged and written before the next is read, so memory stays near one tensor per input. Each input (and
+    ``base``) is one file or the list of a sharded checkpoint's files; the output is one file."""
+    states = [lazy_state(p) for p in experts]
+    base_state = lazy_state(base) if base is not None else None
     ref = states[0]
     layout = {n: (ref.dtype_name(n), ref.shape(n)) for n in ref}
     with SafetensorsWriter(out, layout, metadata={"format": "pt", "merge_method": method}) as writer:
         return merge(method, states, base=base_state, stats=stats, report=True, sink=writer.write,
-                     labels=[str(p) for p in experts], **options)
+                     labels=labels or [s.path for s in states], **options)
 
 
 def _stats_for(name: str, stats: list[dict], kind: str | None):

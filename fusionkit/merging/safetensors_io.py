@@ -69,6 +69,37 @@ class LazyState(Mapping):
         return dict(self._metadata)
 
 
+class ShardedState(Mapping):
+    """:class:`LazyState` over a sharded checkpoint (``model-0000i-of-0000n.safetensors``): one view, same calls."""
+
+    def __init__(self, paths: list[str | os.PathLike]):
+        self.path = str(paths[0])
+        self._shards = [LazyState(p) for p in paths]
+        self._where = {name: shard for shard in self._shards for name in shard}
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        return self._where[name][name]
+
+    def __iter__(self):
+        return (name for shard in self._shards for name in shard)
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return self._where[name].shape(name)
+
+    def dtype_name(self, name: str) -> str:
+        return self._where[name].dtype_name(name)
+
+
+def lazy_state(files: str | os.PathLike | list) -> LazyState | ShardedState:
+    """A lazy view of one safetensors file, or of a list of shards."""
+    if isinstance(files, (list, tuple)):
+        return LazyState(files[0]) if len(files) == 1 else ShardedState(list(files))
+    return LazyState(files)
+
+
 class SafetensorsWriter:
     """Write a safetensors file one tensor at a time: the header (names, dtypes, shapes, offsets) is known up
     front, so each tensor's bytes go to disk as soon as it is computed and nothing accumulates in memory.

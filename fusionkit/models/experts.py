@@ -108,9 +108,22 @@ def check_experts(experts: list[Expert]) -> None:
         raise MergeError(f"experts come from different bases {sorted(bases)}; fix: merge experts of one base")
     tokenizers = {}
     for e in experts:
-        path = e.path / "tokenizer.json"
-        tokenizers.setdefault(sha256_file(path) if path.exists() else None, e.name)
+        tokenizers.setdefault(tokenizer_fingerprint(e.path), e.name)
     if len(tokenizers) > 1:
         a, b = list(tokenizers.values())[:2]
         raise MergeError(f"experts {a!r} and {b!r} use different tokenizers, so their embeddings mean different "
                          "things; fix: merge experts fine-tuned from one base with its tokenizer")
+
+
+VOCAB_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
+
+
+def tokenizer_fingerprint(folder: Path) -> str | None:
+    """What makes two tokenizers the same for merging: the vocabulary and merges (``tokenizer.json``'s ``model``
+    and added tokens, or the vocabulary files), not the truncation or padding settings a training script saved."""
+    fast = folder / "tokenizer.json"
+    if fast.is_file():
+        spec = read_json(fast)
+        return stable_hash({"model": spec.get("model"), "added": spec.get("added_tokens")})
+    files = [folder / f for f in VOCAB_FILES if (folder / f).is_file()]
+    return stable_hash([sha256_file(f) for f in files]) if files else None

@@ -1,0 +1,180 @@
+"""A researcher's own checkpoints as experts (fk.expert_from), read in place; perplexity of a causal LM on text."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from conftest import WORDS
+from fusionkit.core.errors import MergeError, TaskError
+
+
+def _tokenizer():
+    from transformers import BertTokenizerFast
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    return BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+
+
+def _classifier(path, seed, hidden=32, labels=("negative", "positive"), **save):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=len(labels),
+                        id2label=dict(enumerate(labels)), label2id={l: i for i, l in enumerate(labels)})
+    BertForSequenceClassification(config).save_pretrained(path, **save)
+    _tokenizer().save_pretrained(path)
+    return path
+
+
+def _causal(path, seed):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    config = GPT2Config(vocab_size=len(WORDS) + 5, n_embd=32, n_layer=2, n_head=2, n_positions=64,
+                        pad_token_id=tok.pad_token_id)
+    GPT2LMHeadModel(config).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def test_a_classifier_folder_is_an_expert_read_in_place(tmp_path):
+    import fusionkit as fk
+    from fusionkit.core.cache import sha256_file
+
+    folder = _classifier(tmp_path / "checkpoint-500", 0)
+    before = {p.name: sha256_file(p) for p in folder.iterdir()}
+    e = fk.expert_from(folder, task="sentiment")
+    assert (e.kind, e.task, e.recipe["labels"], e.head_prefixes) == ("classifier", "sentiment",
+                                                                     ["negative", "positive"], ("classifier",))
+    model, _ = e.load()
+    assert set(e.state_dict()) == set(model.state_dict())
+    body, head = e.body_and_head()
+    assert set(head) == {"classifier.weight", "classifier.bias"} and all(k.startswith("bert.") for k in body)
+    # two folders with one name are two experts (statistics are cached per expert id)
+    other = fk.expert_from(_classifier(tmp_path / "b" / "checkpoint-500", 1))
+    assert other.id != e.id
+    assert {p.name: sha256_file(p) for p in folder.iterdir()} == before  # nothing of the user's was touched
+
+
+def test_a_sharded_checkpoint_reads_as_one_state(tmp_path):
+    import fusionkit as fk
+    from fusionkit.merging.safetensors_io import lazy_state
+
+    whole = fk.expert_from(_classifier(tmp_path / "whole", 0))
+    sharded = fk.expert_from(_classifier(tmp_path / "sharded", 0, max_shard_size="20KB"))
+    assert len(sharded.weight_files) > 1
+    view = lazy_state([str(p) for p in sharded.weight_files])
+    ref = whole.state_dict()
+    assert set(view) == set(ref) == set(sharded.state_dict())
+    for name, tensor in ref.items():
+        assert torch.equal(view[name], tensor) and view.shape(name) == tuple(tensor.shape)
+
+
+def test_merge_files_streams_sharded_inputs(tmp_path):
+    import fusionkit as fk
+    from safetensors.torch import load_file
+
+    a = fk.expert_from(_classifier(tmp_path / "a", 0, max_shard_size="20KB"))
+    b = fk.expert_from(_classifier(tmp_path / "b", 1))
+    out = tmp_path / "merged.safetensors"
+    fk.merge_files("average", [[str(p) for p in a.weight_files], [str(p) for p in b.weight_files]], str(out))
+    merged, sa, sb = load_file(out), a.state_dict(), b.state_dict()
+    for name in sa:
+        if sa[name].is_floating_point():
+            torch.testing.assert_close(merged[name], (sa[name] + sb[name]) / 2)
+
+
+def test_checkpoints_of_one_architecture_pass_and_another_names_the_first_mismatch(tmp_path):
+    import fusionkit as fk
+    from fusionkit.merging.statedict import check_compatible
+    from fusionkit.models.experts import check_experts
+
+    a, b = (fk.expert_from(_classifier(tmp_path / n, s)) for n, s in (("a", 0), ("b", 1)))
+    check_experts([a, b])
+    wide = fk.expert_from(_classifier(tmp_path / "wide", 2, hidden=48))
+    with pytest.raises(MergeError, match="different bases"):
+        check_experts([a, wide])
+    with pytest.raises(MergeError, match="shape"):
+        check_compatible([a.state_dict(), wide.state_dict()])
+
+
+def test_a_retokenised_vocabulary_is_refused_but_saved_settings_are_not(tmp_path):
+    import json
+
+    import fusionkit as fk
+    from fusionkit.models.experts import check_experts
+
+    a, b = (_classifier(tmp_path / n, s) for n, s in (("a", 0), ("b", 1)))
+    spec = json.loads((b / "tokenizer.json").read_text())
+    spec["truncation"] = {"direction": "Right", "max_length": 64, "strategy": "LongestFirst", "stride": 0}
+    (b / "tokenizer.json").write_text(json.dumps(spec))
+    check_experts([fk.expert_from(a), fk.expert_from(b)])  # a training script's saved truncation is no new vocabulary
+    spec["model"]["vocab"]["good"], spec["model"]["vocab"]["bad"] = spec["model"]["vocab"]["bad"], \
+        spec["model"]["vocab"]["good"]
+    (b / "tokenizer.json").write_text(json.dumps(spec))
+    with pytest.raises(MergeError, match="different tokenizers"):
+        check_experts([fk.expert_from(a), fk.expert_from(b)])
+
+
+def test_bad_checkpoints_are_one_line_naming_the_fix(tmp_path, monkeypatch):
+    import fusionkit as fk
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(MergeError, match="no config.json.*save_pretrained"):
+        fk.expert_from(empty)
+    folder = _classifier(tmp_path / "pickled", 0)
+    (folder / "model.safetensors").rename(folder / "pytorch_model.bin")
+    with pytest.raises(MergeError, match="pickle.*safe_serialization=True"):
+        fk.expert_from(folder)
+    (folder / "pytorch_model.bin").unlink()
+    with pytest.raises(MergeError, match="has no model.safetensors"):
+        fk.expert_from(folder)
+    with pytest.raises(MergeError, match="not a folder"):
+        fk.expert_from(tmp_path / "nowhere" / "deeper")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    from fusionkit.data.assets import hub_reachable
+    hub_reachable.cache_clear()
+    with pytest.raises(MergeError, match="could not be had.*go online"):
+        fk.expert_from("someone/not-cached-model")
+    hub_reachable.cache_clear()
+
+
+def test_perplexity_is_exp_of_the_token_weighted_nll_and_swaps_params(tmp_path):
+    import fusionkit as fk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    a = fk.expert_from(_causal(tmp_path / "lm-a", 0))
+    b = fk.expert_from(_causal(tmp_path / "lm-b", 1))
+    assert a.kind == "causal" and a.head_prefixes == () and a.recipe["labels"] is None
+    texts = ["the movie was good", "a film", "the plot is very poor and the acting awful"]
+    model, tok = AutoModelForCausalLM.from_pretrained(a.path), AutoTokenizer.from_pretrained(a.path)
+    res = fk.perplexity(model, tok, texts)
+    # the same number from transformers' own loss, text by text, weighted by predicted tokens
+    total, n = 0.0, 0
+    for t in texts:
+        ids = tok(t, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            total += model(input_ids=ids, labels=ids).loss.item() * (ids.shape[1] - 1)
+        n += ids.shape[1] - 1
+    assert res["tokens"] == n and math.isclose(res["perplexity"], math.exp(total / n), rel_tol=1e-4)
+    swapped = fk.perplexity(model, tok, texts, params=b.state_dict())
+    own_b = fk.perplexity(*b.load(), texts)
+    assert math.isclose(swapped["perplexity"], own_b["perplexity"], rel_tol=1e-5)
+    assert not math.isclose(swapped["perplexity"], res["perplexity"], rel_tol=1e-3)
+
+
+def test_read_texts_refuses_an_empty_file(tmp_path):
+    from fusionkit.models.perplexity import read_texts
+
+    f = tmp_path / "t.txt"
+    f.write_text("first text\n\n  \nsecond\n")
+    assert read_texts(f) == ["first text", "second"]
+    f.write_text("\n \n")
+    with pytest.raises(TaskError, match="no non-empty lines"):
+        read_texts(f)
