@@ -178,3 +178,123 @@ def test_read_texts_refuses_an_empty_file(tmp_path):
     f.write_text("\n \n")
     with pytest.raises(TaskError, match="no non-empty lines"):
         read_texts(f)
+
+
+def _csv(tmp_path):
+    from conftest import toy_frame
+
+    path = tmp_path / "reviews.csv"
+    toy_frame(200).to_csv(path, index=False)
+    return path
+
+
+def test_merge_checkpoints_writes_a_loadable_average_and_scores_it_on_the_users_csv(tmp_path):
+    import fusionkit as fk
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fusionkit.core.cache import sha256_file
+    from fusionkit.merging.checkpoint_merge import merge_checkpoints
+
+    a, b = (_classifier(tmp_path / n, s) for n, s in (("a", 0), ("b", 1)))
+    before = sha256_file(a / "model.safetensors")
+    csv = _csv(tmp_path)
+    report = merge_checkpoints("average", [a, b], tmp_path / "merged", data=csv)
+    merged = load_file(tmp_path / "merged" / "model.safetensors")
+    sa, sb = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
+    for name in sa:
+        torch.testing.assert_close(merged[name], (sa[name] + sb[name]) / 2)
+    assert sha256_file(a / "model.safetensors") == before
+    # the reported accuracy is what the saved folder, loaded as a user would, scores on the held-out split
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "merged")
+    task = fk.task_from(csv, label_names=["negative", "positive"])
+    plain = fk.evaluate(model, AutoTokenizer.from_pretrained(tmp_path / "merged"), task, splits=("test",))["test"]
+    systems = report["scores"]["systems"]
+    assert systems["merged"]["accuracy"] == pytest.approx(plain)
+    assert systems["merged"]["examples"] == len(task.data["test"])
+    d = systems["a"]["merged_minus_this"]
+    assert d["lo"] <= d["diff"] <= d["hi"]
+    assert d["diff"] == pytest.approx(systems["merged"]["accuracy"] - systems["a"]["accuracy"])
+
+
+def test_merge_checkpoints_ties_uses_the_base_and_matches_the_in_memory_merge(tmp_path):
+    import fusionkit as fk
+    from safetensors.torch import load_file
+
+    from fusionkit.merging.checkpoint_merge import merge_checkpoints
+
+    a, b, base = (_classifier(tmp_path / n, s) for n, s in (("a", 0), ("b", 1), ("base", 2)))
+    with pytest.raises(MergeError, match="needs the base model.*--base"):
+        merge_checkpoints("ties", [a, b], tmp_path / "nobase")
+    merge_checkpoints("ties", [a, b], tmp_path / "ties", base=base, density=0.5)
+    states = [load_file(p / "model.safetensors") for p in (a, b, base)]
+    expected = fk.merge("ties", states[:2], base=states[2], density=0.5)
+    got = load_file(tmp_path / "ties" / "model.safetensors")
+    for name, t in expected.items():
+        torch.testing.assert_close(got[name], t)
+
+
+def test_regmean_on_checkpoints_measures_statistics_on_the_data(tmp_path):
+    from safetensors.torch import load_file
+
+    from fusionkit.merging.checkpoint_merge import merge_checkpoints
+
+    a, b = (_classifier(tmp_path / n, s) for n, s in (("a", 0), ("b", 1)))
+    with pytest.raises(MergeError, match="needs gram statistics.*--data"):
+        merge_checkpoints("regmean", [a, b], tmp_path / "r0")
+    report = merge_checkpoints("regmean", [a, b], tmp_path / "r", data=_csv(tmp_path))
+    assert any("gram statistics" in n for n in report["notes"])
+    merge_checkpoints("average", [a, b], tmp_path / "avg")
+    r, avg = load_file(tmp_path / "r" / "model.safetensors"), load_file(tmp_path / "avg" / "model.safetensors")
+    name = "bert.encoder.layer.0.attention.self.query.weight"
+    assert not torch.allclose(r[name], avg[name])  # the Gram matrices changed the linear layers
+
+
+def test_merged_causal_lms_are_scored_by_perplexity_on_text(tmp_path):
+    import fusionkit as fk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from fusionkit.merging.checkpoint_merge import merge_checkpoints
+
+    a, b = (_causal(tmp_path / n, s) for n, s in (("a", 0), ("b", 1)))
+    txt = tmp_path / "dev.txt"
+    txt.write_text("the movie was good\nthe plot is very poor\n\na film and a story\n")
+    report = merge_checkpoints("average", [a, b], tmp_path / "lm", data=txt)
+    out = tmp_path / "lm"
+    plain = fk.perplexity(AutoModelForCausalLM.from_pretrained(out), AutoTokenizer.from_pretrained(out),
+                          ["the movie was good", "the plot is very poor", "a film and a story"])
+    assert report["scores"]["metric"] == "perplexity"
+    assert report["scores"]["systems"]["merged"]["perplexity"] == pytest.approx(plain["perplexity"], rel=1e-5)
+
+
+def test_bad_checkpoint_merges_are_one_line(tmp_path):
+    from fusionkit.merging.checkpoint_merge import merge_checkpoints
+
+    a, b = (_classifier(tmp_path / n, s) for n, s in (("a", 0), ("b", 1)))
+    with pytest.raises(MergeError, match="inside.*new folder"):
+        merge_checkpoints("average", [a, b], a / "merged")
+    other = _classifier(tmp_path / "topic", 3, labels=("sports", "world"))
+    with pytest.raises(MergeError, match="different classes"):
+        merge_checkpoints("average", [a, other], tmp_path / "m")
+    lm = _causal(tmp_path / "lm", 0)
+    with pytest.raises(MergeError):
+        merge_checkpoints("average", [a, lm], tmp_path / "m2")
+    with pytest.raises(TaskError, match="CSV"):
+        merge_checkpoints("average", [a, b], tmp_path / "m3", data=tmp_path / "notes.txt")
+    assert not (tmp_path / "m").exists() and not (tmp_path / "m3").exists()
+
+
+def test_cli_merges_checkpoints_and_prints_json(tmp_path, capsys):
+    import json
+
+    from fusionkit.cli import main
+
+    a, b = (_classifier(tmp_path / n, s) for n, s in (("a", 0), ("b", 1)))
+    code = main(["merge", "average", "--models", str(a), str(b), "--data", str(_csv(tmp_path)),
+                 "--out", str(tmp_path / "out"), "--json"])
+    assert code == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["out"] == str(tmp_path / "out") and (tmp_path / "out" / "config.json").is_file()
+    assert set(report["scores"]["systems"]) == {"merged", "a", "b"}
+    assert main(["merge", "average", "--models", str(a), str(b)]) != 0
+    assert "--out" in capsys.readouterr().err

@@ -44,6 +44,10 @@ def merge(m) -> None:
     g = common.add_argument_group("zoo and output")
     g.add_argument("--zoo", choices=sorted(ZOOS), default="multitask")
     g.add_argument("--experts", help="comma-separated expert names (default: the whole zoo)")
+    g.add_argument("--models", nargs="+", metavar="FOLDER", help="merge your own checkpoints (save_pretrained "
+                   "folders or hub ids) instead of a zoo; needs --out")
+    g.add_argument("--base", metavar="FOLDER", help="with --models: the model they were fine-tuned from (θ₀)")
+    g.add_argument("--data", metavar="FILE", help="with --models: score on a CSV (text,label) or a text file (LMs)")
     profile(g)
     g.add_argument("--seed", type=int, default=0, help="seeds the zoo, the base head, statistics and random masks")
     g.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from ..core.runtime import quiet_transformers
+from ..core.errors import FusionkitError
 
 def assets(args) -> int:
     from ..data.assets import fetch_all, list_assets
@@ -77,6 +78,10 @@ def merge(args) -> int:
         given["filter"] = ParamFilter.parse(args.include, args.exclude)
     if method.stats == "fisher":
         given["fisher_variant"] = args.fisher_variant
+    if args.models:
+        return _merge_checkpoints(args, given)
+    if args.base or args.data:
+        raise FusionkitError("--base and --data go with --models (your own checkpoints); fix: add --models A B ...")
     zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
     experts = [e.strip() for e in args.experts.split(",")] if args.experts else None
     merged, report = merge_report(args.method, zoo, experts, zoo.evaluator(args.precision), seed=args.seed, **given)
@@ -104,6 +109,35 @@ def merge(args) -> int:
         print("note:", note)
     if args.out:
         print(f"saved to {args.out}")
+    return 0
+
+
+def _merge_checkpoints(args, given: dict) -> int:
+    from ..merging.checkpoint_merge import merge_checkpoints
+
+    if args.experts:
+        raise FusionkitError("--experts picks zoo experts; with --models pass the folders themselves")
+    if not args.out:
+        raise FusionkitError("merging checkpoints writes a model folder; fix: add --out DIR")
+    report = merge_checkpoints(args.method, args.models, args.out, base=args.base, data=args.data,
+                               overwrite=args.overwrite, seed=args.seed, precision=args.precision, **given)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"{args.method} of {', '.join(i['name'] for i in report['inputs'])} -> {args.out} "
+          f"({report['seconds']} s), options {report['options']}")
+    scores = report["scores"]
+    if scores:
+        metric = scores["metric"]
+        print(f"{'':<28}{metric:>12}   merged minus this (95% paired interval)")
+        for name, s in scores["systems"].items():
+            d = s.get("merged_minus_this")
+            diff = f"{d['diff']:+.4f} [{d['lo']:+.4f}, {d['hi']:+.4f}]" if d else ""
+            print(f"{name:<28}{s[metric]:>12.4f}   {diff}")
+        if scores["chance"] is not None:
+            print(f"{'chance':<28}{scores['chance']:>12.4f}")
+    for note in report["notes"]:
+        print("note:", note)
     return 0
 
 

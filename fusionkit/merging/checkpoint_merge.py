@@ -1,0 +1,151 @@
+"""Merging a researcher's own checkpoints (``fusionkit merge METHOD --models A B [--base B0] [--data F] --out DIR``).
+
+    report = merge_checkpoints("ties", ["runs/a", "runs/b"], "runs/merged", base="runs/base", data="dev.csv")
+
+The checkpoints (:func:`~fusionkit.models.checkpoints.expert_from`) are merged whole - body and head - since
+they must share one architecture and, for classifiers, one label space (checked first, naming the first
+mismatch); tensors stream from their safetensors files into ``out/model.safetensors``
+(:func:`~fusionkit.merging.merge.merge_files`), and the first checkpoint's config and tokenizer files are copied
+beside it, so ``out`` loads with ``from_pretrained``. ``data`` scores the merge against every input: a CSV
+(``text``, ``label`` columns; labels named as in the models' ``id2label``) gives test accuracy on the split
+:func:`~fusionkit.data.tasks.task_from` holds out, a text file (one text per line) gives perplexity of a causal
+LM; each comparison carries a paired bootstrap interval. RegMean and Fisher measure their statistics on the
+data's training split for every model (each model's own data would be the paper's setting: say so in the note).
+``out`` is written atomically and never replaces an input.
+"""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+from ..core import manifest
+from ..core.cache import atomic_dir, sha256_file, write_json
+from ..core.errors import MergeError, TaskError
+from ..core.intervals import paired_bootstrap
+from ..core.versioning import package_versions
+from ..data.tasks import task_from
+from ..models.checkpoints import INDEX, PICKLES, WEIGHTS, Checkpoint, expert_from
+from ..models.experts import check_experts
+from .merge import merge_files
+from .registry import get_method
+from .safetensors_io import LazyState
+
+
+def merge_checkpoints(method: str, models: list, out: str | Path, base=None, data: str | Path | None = None,
+                      overwrite: bool = False, seed: int = 0, precision: str = "float32", max_length: int = 128,
+                      device="auto", **options) -> dict:
+    """Merge checkpoint folders with a registered per-tensor method into ``out``; score on ``data`` if given."""
+    m = get_method(method)
+    if m.level != "tensor":
+        raise MergeError(f"{method} searches over a zoo's experts on dev data; fix: merge checkpoints with a "
+                         "per-tensor method (fusionkit merge --list)")
+    experts = [e if isinstance(e, Checkpoint) else expert_from(e) for e in models]
+    base_e = None if base is None else (base if isinstance(base, Checkpoint) else expert_from(base))
+    _check(experts, base_e, out, m, data)
+    task = texts = None
+    if data is not None:
+        task, texts = _data(data, experts[0])
+    stats = None
+    if m.stats:
+        from .statistics import expert_stats
+
+        extra = {"variant": options.pop("fisher_variant", "sample")} if m.stats == "fisher" else {}
+        stats = [expert_stats(e, m.stats, task, seed=seed, max_length=max_length, **extra) for e in experts]
+    if "seed" in m.options:
+        options["seed"] = seed
+    t0 = time.perf_counter()
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        res = merge_files(method, [[str(p) for p in e.weight_files] for e in experts], str(tmp / WEIGHTS),
+                          base=None if base_e is None else [str(p) for p in base_e.weight_files], stats=stats,
+                          labels=[e.name for e in experts], **options)
+        seconds = time.perf_counter() - t0
+        _copy_side_files(experts[0].path, tmp)
+        notes = list(res.notes)
+        if m.stats:
+            notes.append(f"{m.stats} statistics of every model were measured on the training split of {data} "
+                         "(the paper measures each model on its own training data)")
+        scores = None if data is None else _score(experts, base_e, LazyState(tmp / WEIGHTS), task, texts,
+                                                  precision, max_length, device)
+        report = {
+            "method": method, "options": {k: v for k, v in res.options.items()}, "kind": experts[0].kind,
+            "inputs": [{"name": e.name, "source": e.recipe["source"],
+                        "sha256": [sha256_file(p) for p in e.weight_files]} for e in experts],
+            "base": None if base_e is None else base_e.recipe["source"], "data": None if data is None else str(data),
+            "scores": scores, "notes": notes, "seconds": round(seconds, 2), "versions": package_versions(),
+        }
+        write_json(tmp / "recipe.json", report)
+        manifest.record(tmp, True, f"merged checkpoint: {method} of {', '.join(e.name for e in experts)}",
+                        fix=f"the kit does not rebuild your outputs: merge again into {out} with --overwrite")
+    return {**report, "out": str(out)}
+
+
+def _check(experts: list[Checkpoint], base: Checkpoint | None, out, m, data) -> None:
+    check_experts(experts + ([base] if base is not None else []))
+    kinds = {e.kind for e in experts}
+    if len(kinds) > 1:
+        raise MergeError(f"the models mix kinds {sorted(kinds)}; fix: merge classifiers with classifiers, "
+                         "causal LMs with causal LMs")
+    first = experts[0]
+    for e in experts[1:]:
+        if e.recipe["labels"] != first.recipe["labels"]:
+            raise MergeError(f"{e.name} predicts {e.recipe['labels']} but {first.name} {first.recipe['labels']}: "
+                             "whole-model merging would average rows that mean different classes; fix: merge "
+                             "models of one label space (or merge their bodies with merge_experts)")
+    if m.needs_base and base is None:
+        raise MergeError(f"{m.name} needs the base model θ₀ the checkpoints were fine-tuned from; fix: pass "
+                         "--base FOLDER (base= in Python), saved with the same head class as the models")
+    if m.stats and (data is None or first.kind != "classifier"):
+        raise MergeError(f"{m.name} needs {m.stats} statistics measured on a classifier's labelled data; fix: pass "
+                         "--data CSV for classifiers, or use a data-free method for causal LMs")
+    target = Path(out).resolve()
+    for e in experts + ([base] if base is not None else []):
+        if target == e.path.resolve() or e.path.resolve() in target.parents:
+            raise MergeError(f"--out {out} is (inside) the input {e.path}; fix: write the merge to a new folder")
+
+
+def _data(data, first: Checkpoint):
+    path = Path(data)
+    if first.kind == "classifier":
+        if path.suffix.lower() != ".csv":
+            raise TaskError(f"{data}: a classifier is scored on a CSV with text and label columns; fix: pass a .csv")
+        return task_from(path, name=path.stem, label_names=first.recipe["labels"]), None
+    from ..models.perplexity import read_texts
+
+    return None, read_texts(path)
+
+
+def _score(experts, base, merged_state, task, texts, precision, max_length, device) -> dict:
+    """Each system's score on the held-out data, and the merge minus each input with a paired interval."""
+    systems = {"merged": dict(merged_state.items()), **{e.name: e.state_dict() for e in experts}}
+    if base is not None:
+        systems[f"base {base.name}"] = base.state_dict()
+    model, tokenizer = experts[0].load(device)
+    if task is not None:
+        from ..models.evaluator import Evaluator
+
+        ev = Evaluator(model, tokenizer, max_length=max_length, device=device, precision=precision)
+        per = {k: ev.correct(task, "test", params=s) for k, s in systems.items()}
+        scores = {k: {"accuracy": float(v.mean()), "examples": len(v)} for k, v in per.items()}
+        chance = task.chance("test")
+    else:
+        from ..models.perplexity import perplexity
+
+        res = {k: perplexity(model, tokenizer, texts, params=s, max_length=max_length, device=device)
+               for k, s in systems.items()}
+        per = {k: r["per_text"] for k, r in res.items()}  # per-text NLL: lower is better
+        scores = {k: {"perplexity": r["perplexity"], "tokens": r["tokens"]} for k, r in res.items()}
+        chance = None
+    for k in systems:
+        if k != "merged":
+            scores[k]["merged_minus_this"] = paired_bootstrap(per["merged"], per[k])
+    return {"metric": "accuracy" if task is not None else "perplexity", "chance": chance, "systems": scores}
+
+
+def _copy_side_files(source: Path, dest: Path) -> None:
+    """Config, tokenizer and generation files of the first model, so the merge loads with from_pretrained."""
+    skip = {WEIGHTS, INDEX, "recipe.json", *PICKLES}
+    for f in source.iterdir():
+        if f.is_file() and not f.name.startswith(".") and f.name not in skip and not f.name.endswith(".safetensors") \
+                and f.suffix in (".json", ".txt", ".model", ".jinja"):
+            shutil.copy2(f, dest / f.name)
