@@ -20,15 +20,22 @@ def isolated_cache(request, tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp_path / "cache"))
 
 
+def tiny_tokenizer():
+    """A WordPiece tokenizer over the 20 toy words (and BERT's 5 special tokens), built in code."""
+    from transformers import BertTokenizerFast
+
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
+    return BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A 2-layer, hidden-32 BERT with a 25-word vocabulary, saved as a local transformers folder."""
     import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
+    from transformers import BertConfig, BertModel
 
     path = tmp_path_factory.mktemp("tiny-bert")
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    tokenizer = BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
+    tokenizer = tiny_tokenizer()
     assert tokenizer.unk_token_id not in tokenizer("good movie")["input_ids"]
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

@@ -6,15 +6,8 @@ import math
 import pytest
 import torch
 
-from conftest import WORDS
+from conftest import WORDS, tiny_tokenizer as _tokenizer
 from fusionkit.core.errors import MergeError, TaskError
-
-
-def _tokenizer():
-    from transformers import BertTokenizerFast
-
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS
-    return BertTokenizerFast(vocab={t: i for i, t in enumerate(tokens)}, do_lower_case=True)
 
 
 def _classifier(path, seed, hidden=32, labels=("negative", "positive"), **save):

@@ -68,7 +68,7 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
         scores = None if data is None else _score(experts, base_e, LazyState(tmp / WEIGHTS), task, texts,
                                                   precision, max_length, device)
         report = {
-            "method": method, "options": {k: v for k, v in res.options.items()}, "kind": experts[0].kind,
+            "method": method, "options": dict(res.options), "kind": experts[0].kind,
             "inputs": [{"name": e.name, "source": e.recipe["source"],
                         "sha256": [sha256_file(p) for p in e.weight_files]} for e in experts],
             "base": None if base_e is None else base_e.recipe["source"], "data": None if data is None else str(data),
