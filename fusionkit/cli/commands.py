@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 
-from ..core.runtime import quiet_transformers
 from ..core.errors import FusionkitError
+from ..core.runtime import quiet_transformers
+
 
 def assets(args) -> int:
     from ..data.assets import fetch_all, list_assets

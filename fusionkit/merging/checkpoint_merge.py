@@ -27,6 +27,7 @@ from ..core.versioning import package_versions
 from ..data.tasks import task_from
 from ..models.checkpoints import INDEX, PICKLES, WEIGHTS, Checkpoint, expert_from
 from ..models.experts import check_experts
+from ..models.heads import shared_label_space
 from .merge import merge_files
 from .registry import get_method
 from .safetensors_io import LazyState
@@ -87,11 +88,11 @@ def _check(experts: list[Checkpoint], base: Checkpoint | None, out, m, data) -> 
         raise MergeError(f"the models mix kinds {sorted(kinds)}; fix: merge classifiers with classifiers, "
                          "causal LMs with causal LMs")
     first = experts[0]
-    for e in experts[1:]:
-        if e.recipe["labels"] != first.recipe["labels"]:
-            raise MergeError(f"{e.name} predicts {e.recipe['labels']} but {first.name} {first.recipe['labels']}: "
-                             "whole-model merging would average rows that mean different classes; fix: merge "
-                             "models of one label space (or merge their bodies with merge_experts)")
+    if not shared_label_space(experts):
+        e = next(e for e in experts if e.recipe["labels"] != first.recipe["labels"])
+        raise MergeError(f"{e.name} predicts {e.recipe['labels']} but {first.name} {first.recipe['labels']}: "
+                         "whole-model merging would average rows that mean different classes; fix: merge "
+                         "models of one label space (or merge their bodies with merge_experts)")
     if m.needs_base and base is None:
         raise MergeError(f"{m.name} needs the base model θ₀ the checkpoints were fine-tuned from; fix: pass "
                          "--base FOLDER (base= in Python), saved with the same head class as the models")
@@ -144,8 +145,8 @@ def _score(experts, base, merged_state, task, texts, precision, max_length, devi
 
 def _copy_side_files(source: Path, dest: Path) -> None:
     """Config, tokenizer and generation files of the first model, so the merge loads with from_pretrained."""
-    skip = {WEIGHTS, INDEX, "recipe.json", *PICKLES}
+    skip = {INDEX, "recipe.json", *PICKLES}  # weights are the merge's; a kit recipe would describe the input
     for f in source.iterdir():
-        if f.is_file() and not f.name.startswith(".") and f.name not in skip and not f.name.endswith(".safetensors") \
-                and f.suffix in (".json", ".txt", ".model", ".jinja"):
+        if f.is_file() and f.suffix in (".json", ".txt", ".model", ".jinja") and f.name not in skip \
+                and not f.name.startswith("."):
             shutil.copy2(f, dest / f.name)
