@@ -81,7 +81,9 @@ def fisher_stats(model, tokenizer, task: Task, examples: int = 128, variant: str
     device = pick_device(device)
     model = model.to(device).eval()  # no dropout: the Fisher of the deterministic model
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    fisher = {n: torch.zeros_like(p, dtype=torch.float64) for n, p in params.items()}
+    # float32 sums of at most a few thousand non-negative terms (relative error ~1e-7 per term), added by one fused
+    # kernel per example: the float64 conversion and per-tensor squaring cost 40% of the measurement on 2 CPU cores
+    fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     gen = torch.Generator().manual_seed(seed)
     data = _examples(task, examples, seed)
     for row in data:
@@ -95,11 +97,11 @@ def fisher_stats(model, tokenizer, task: Task, examples: int = 128, variant: str
             y = int(row["label"])
         model.zero_grad(set_to_none=True)
         log_probs[y].backward()
-        for n, p in params.items():
-            if p.grad is not None:
-                fisher[n] += p.grad.detach().double() ** 2
+        got = [n for n, p in params.items() if p.grad is not None]
+        grads = [params[n].grad.detach().float() for n in got]
+        torch._foreach_addcmul_([fisher[n] for n in got], grads, grads)
     model.zero_grad(set_to_none=True)
-    return {n: (f / len(data)).float().cpu() for n, f in fisher.items()}
+    return {n: (f / len(data)).cpu() for n, f in fisher.items()}
 
 
 MEASURES = {"gram": gram_stats, "fisher": fisher_stats}
