@@ -51,8 +51,9 @@ def gram_stats(model, tokenizer, task: Task, examples: int = 256, max_length: in
             x = args[0].detach()
             if x.dim() == 3:  # [batch, tokens, features]: keep real tokens only
                 x = x[mask["m"].bool()] if x.shape[:2] == mask["m"].shape else x.reshape(-1, x.shape[-1])
-            x = x.reshape(-1, x.shape[-1]).double()
-            sums[name] = sums.get(name, 0) + x.T @ x
+            x = x.reshape(-1, x.shape[-1]).float()
+            # one batch's xᵀx in float32 (a BLAS product, ~4x faster than float64 on CPU), batches summed in float64
+            sums[name] = sums.get(name, 0) + (x.T @ x).double()
             counts[name] = counts.get(name, 0) + x.shape[0]
         return fn
 
