@@ -140,7 +140,10 @@ def test_merge_cli_rejects_options_the_method_lacks(capsys):
 @pytest.mark.assets
 @pytest.mark.parametrize("method, extra, history_key", [
     ("dfwe", ["--budget", "4"], "eval"),
-    ("evolve", ["--generations", "1", "--merger", "average"], "generation"),
+    # two of the five experts (--experts): the CLI's path whole at two fifths of the scoring; notebook 06 evolves
+    # the whole zoo
+    ("evolve", ["--generations", "1", "--merger", "average", "--experts", "sentiment", "subjectivity"],
+     "generation"),
 ])
 def test_search_smoke_json(method, extra, history_key, tmp_path):
     """`fusionkit search dfwe|evolve --json` as a user runs it: trace, best (dev and test) and baselines."""
@@ -160,6 +163,9 @@ def test_search_smoke_json(method, extra, history_key, tmp_path):
         assert any(k.startswith("Source→Target, best by dev") for k in data["baselines"])
         assert "sentiment (target only)" in data["best"]["weights"]
         assert data["dev_examples"] == 300  # the whole smoke dev split, not the first 60
+    else:  # the subset: its two experts, scored on their two tasks
+        assert data["options"]["experts"] == ["sentiment", "subjectivity"]
+        assert set(data["best"]["test"]) == {"sentiment", "subjectivity"}
     assert (out / "recipe.json").exists()
 
 

@@ -110,3 +110,26 @@ def test_ensemble_members_refuse_mixed_label_spaces(members, toy_task):
     experts = [expert("a", "toy", models[0], toy_task.label_names), expert("b", "toy", models[1], ["x", "y"])]
     with pytest.raises(MergeError, match="share one label space.*multi-task"):
         ensemble_members(Zoo("mem", None, {"toy": toy_task}, experts))
+
+
+def test_zoo_subset_keeps_the_named_experts_their_tasks_and_heads(members, toy_task):
+    """Zoo.subset: the named experts in that order, only their tasks and training data, each task's head from the
+    subset's own experts; fewer than two or an unknown name is one clear error."""
+    from fusionkit.core.errors import FusionkitError
+
+    _, _, models = members
+    labels = toy_task.label_names
+    experts = [expert("a", "toy", models[0], labels), expert("b", "toy", models[1], labels),
+               expert("c", "other", models[2], labels)]
+    zoo = Zoo("mem", None, {"toy": toy_task, "other": toy_task}, experts,
+              train_tasks={e.name: toy_task for e in experts})
+    sub = zoo.subset(["c", "b"])
+    assert [e.name for e in sub.experts] == ["c", "b"] and list(sub.tasks) == ["other", "toy"]
+    assert set(sub.train_tasks) == {"b", "c"} and zoo.subset(["a", "b"]).tasks.keys() == {"toy"}
+    b_head = split_head(models[1].state_dict(), ("classifier",))[1]
+    assert all(torch.equal(sub.heads()["toy"][k], v) for k, v in b_head.items())  # b's, not the whole zoo's a's
+    assert not torch.equal(zoo.heads()["toy"]["classifier.weight"], b_head["classifier.weight"])
+    with pytest.raises(FusionkitError, match="two or more distinct"):
+        zoo.subset(["a"])
+    with pytest.raises(FusionkitError, match="no expert 'z'"):
+        zoo.subset(["a", "z"])

@@ -83,6 +83,8 @@ def search(s) -> None:
 
     s.add_argument("method", choices=["dfwe", "evolve"])
     s.add_argument("--zoo", choices=sorted(ZOOS), help="default: transfer for dfwe, multitask for evolve")
+    s.add_argument("--experts", nargs="+", metavar="NAME",
+                   help="search over these experts of the zoo only, scored on their tasks (default: all)")
     profile(s)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--num-workers", type=int, default=1, help="evaluate this many candidates at once (threads)")

@@ -157,6 +157,8 @@ def search(args) -> int:
         check_search_options(F=args.F, CR=args.CR)
     zoo = build_zoo(args.zoo or ("transfer" if args.method == "dfwe" else "multitask"), args.profile, seed=args.seed,
                     quiet=args.json)
+    if args.experts:
+        zoo = zoo.subset(args.experts)
     pool = ThreadPoolExecutor(args.num_workers) if args.num_workers > 1 else None
     try:
         if args.method == "dfwe":

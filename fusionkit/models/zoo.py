@@ -57,6 +57,19 @@ class Zoo:
                 return e
         raise FusionkitError(f"zoo {self.name!r} has no expert {name!r}; fix: use one of {[e.name for e in self.experts]}")
 
+    def subset(self, names: list[str]) -> "Zoo":
+        """The zoo with only the named experts (in that order) and the tasks they were trained on: a search or a
+        merge over some of the experts, scored on their tasks alone. Each task's head is that of the subset's first
+        expert trained on it (:meth:`heads`); cached statistics stay the experts' own."""
+        names = list(names)
+        if len(names) < 2 or len(set(names)) != len(names):
+            raise FusionkitError(f"a zoo subset needs two or more distinct experts, got {names}; fix: name two or "
+                                 f"more of {[e.name for e in self.experts]}")
+        experts = [self.expert(n) for n in names]
+        tasks = {e.task: self.tasks[e.task] for e in experts}
+        return Zoo(self.name, self.profile, tasks, experts,
+                   {n: t for n, t in self.train_tasks.items() if n in names}, self.base)
+
     def heads(self) -> dict[str, dict]:
         """Per task of the zoo, the head of the first expert trained on it (:func:`~fusionkit.models.heads.task_heads`)."""
         return task_heads(self.experts, self.tasks)
