@@ -72,6 +72,8 @@ _API = {
     "test_scores": "search.protocol:test_scores",
     # distillation (``fk.distill`` is the whole subpackage: fk.distill.run, fk.distill.settings, ...)
     "distill": "distill", "load_entities": "distill.entities:load_entities", "load_facts": "distill.entities:load_facts",
+    # ensemble distillation: a zoo's experts into one student on unlabeled text
+    "distill_zoo": "distill.ensemble:distill_zoo", "distill_report": "distill.ensemble:distill_report",
     # reproductions: a claim's row (A − B, paired interval, verdict) and the table
     "claim_row": "reproduce.table:compare", "reproduction_table": "reproduce.table:to_markdown",
     "merged_correct": "reproduce.merging:merged_correct", "per_example": "reproduce.merging:correct",

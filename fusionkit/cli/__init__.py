@@ -9,6 +9,9 @@
     fusionkit distill [--entities bundled|PATH] [--split dev|test] [--limit N] [--multi] --profile smoke|full
                       [options] [--json]              teach new entities by context distillation; print the
                                                       before / after / baseline table
+    fusionkit distill-zoo [--zoo Z] [--experts A B] [--texts FILE] [--init METHOD] [--steps N] [--json]
+                                                      distil a zoo's experts into one student on unlabeled text;
+                                                      its scores beside its start, and its cost
     fusionkit tour --profile smoke|full               execute every notebook headlessly and print a table
     fusionkit cache list|verify|prune|path [options]  what the cache holds, whether it is whole, reclaim space
 
@@ -35,6 +38,7 @@ COMMANDS = {
     "merge": "merge a zoo's experts; --list shows every method and its options",
     "search": "search merge weights without gradients: DFWE (nevergrad) or the Evolver",
     "distill": "teach new entities by context distillation; before/after/baseline table",
+    "distill-zoo": "distil a zoo's experts into one student on unlabeled text; scores beside its start and cost",
     "tour": "execute every notebook with papermill and print a table",
     "cache": "list, verify or prune the cache of models, experts and statistics; print its path",
 }
@@ -48,9 +52,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     for name, help in COMMANDS.items():
         sp = sub.add_parser(name, help=help, description=help)
-        sp.set_defaults(func=getattr(commands, name))
+        sp.set_defaults(func=getattr(commands, name.replace("-", "_")))
         if command is None or command == name:
-            getattr(arguments, name)(sp)
+            getattr(arguments, name.replace("-", "_"))(sp)
     return p
 
 

@@ -112,6 +112,24 @@ def search(s) -> None:
     s.add_argument("--json", action="store_true")
 
 
+def distill_zoo(d) -> None:
+    from ..merging.registry import METHODS
+    from ..models.zoo import ZOOS
+
+    d.add_argument("--zoo", choices=sorted(ZOOS), default="multitask")
+    d.add_argument("--experts", nargs="+", metavar="NAME", help="distil these experts of the zoo only (default: all)")
+    profile(d)
+    d.add_argument("--texts", help="unlabeled text to distil on, one per line (default: the experts' training texts)")
+    d.add_argument("--init", choices=[m.name for m in METHODS.values() if m.level == "tensor" and m.n_experts is None],
+                   help="start the student from this merge of the zoo (default: the base body with the zoo's heads)")
+    d.add_argument("--steps", type=int, help="student updates (default: one pass over the texts)")
+    d.add_argument("--tau", type=float, default=2.0, help="temperature of teacher and student distributions")
+    d.add_argument("--lr", type=float, help="default: the profile's")
+    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
+    d.add_argument("--json", action="store_true")
+
+
 def distill(d) -> None:
     d.add_argument("--entities", default="bundled", help="bundled or a path to Entity Inferences JSON lines")
     d.add_argument("--split", choices=["dev", "test"], default="test")

@@ -233,6 +233,37 @@ def distill(args) -> int:
     return 0
 
 
+def distill_zoo(args) -> int:
+    from ..distill.ensemble import distill_report
+    from ..merging.zoo_merge import merge_zoo
+    from ..models.perplexity import read_texts
+    from ..models.zoo import build_zoo
+
+    quiet_transformers()
+    texts = read_texts(args.texts) if args.texts else None  # a bad file fails before the zoo is built
+    zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
+    if args.experts:
+        zoo = zoo.subset(args.experts)
+    init = merge_zoo(args.init, zoo, seed=args.seed) if args.init else None
+    report = distill_report(zoo, zoo.evaluator(args.precision), init=init, texts=texts, steps=args.steps,
+                            tau=args.tau, lr=args.lr, seed=args.seed, quiet=args.json)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    c = report["cost"]
+    print(f"ensemble distillation of zoo {zoo.name} ({len(zoo.experts)} experts, {args.profile}) from "
+          f"{report['start']['from']}: {c['steps']} steps on {c['texts']} texts; KL {report['kl_first']:.4f} -> "
+          f"{report['kl_last']:.4f}; teacher {c['teacher_seconds']:.0f} s, training {c['train_seconds']:.0f} s")
+    tasks = list(report["student"])
+    print(f"{'test accuracy':<34}" + "".join(f"{t:>14}" for t in tasks) + f"{'mean':>9}")
+    for label, scores in (("student", report["student"]), (f"start: {report['start']['from']}",
+                                                          report["start"]["scores"])):
+        vals = [scores[t]["test"] for t in tasks]
+        print(f"{label:<34}" + "".join(f"{v:>14.3f}" for v in vals) + f"{sum(vals) / len(vals):>9.3f}")
+    print(f"saved in the cache: {report['path']}")
+    return 0
+
+
 def tour(args) -> int:
     from ..tour import format_table, run_tour
 

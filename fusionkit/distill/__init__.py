@@ -1,6 +1,7 @@
-"""Knowledge propagation by context distillation (Padmanabhan et al., NeurIPS 2023, arXiv 2306.09306): entities
-and their probes (Entity Inferences format), probe scoring, transfer sets, the distillation loss and loop with its
-fine-tuning baseline, and runs that report every method side by side.
+"""Fusion by distillation. Knowledge propagation by context distillation (Padmanabhan et al., NeurIPS 2023, arXiv
+2306.09306): entities and their probes (Entity Inferences format), probe scoring, transfer sets, the distillation
+loss and loop with its fine-tuning baseline, and runs that report every method side by side. And ensemble
+distillation (:mod:`fusionkit.distill.ensemble`): a zoo's experts into one student on unlabeled text.
 
 ``from fusionkit import distill as D`` gives the whole workflow: ``D.settings``, ``D.transfer_set``,
 ``D.prepare``, ``D.distill``, ``D.run``, ``D.multi_entity_curve``, ``D.format_table``.

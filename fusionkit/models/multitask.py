@@ -61,6 +61,16 @@ class MultiTask:
         return "multi-task model"
 
 
+def save_parts(folder: Path, body: dict, heads: dict[str, dict], meta: dict) -> None:
+    """Write one body, a head per task and the recipe into ``folder`` - the layout :class:`MultiTask` reads."""
+    from safetensors.torch import save_file
+
+    flat = {f"{t}{HEAD_SEP}{k}": v for t, head in heads.items() for k, v in head.items()}
+    save_file({k: v.detach().cpu().contiguous() for k, v in body.items()}, str(folder / "body.safetensors"))
+    save_file({k: v.detach().cpu().contiguous() for k, v in flat.items()}, str(folder / "heads.safetensors"))
+    write_json(folder / "recipe.json", meta)
+
+
 def union_by_task(train_tasks: dict[str, Task]) -> dict[str, Task]:
     """Per task name, the union of the training data of every expert trained on it (a zoo's partitions of one
     task become that task's whole training set)."""
@@ -98,8 +108,6 @@ def train_multitask(base: str, tasks: dict[str, Task], profile: str | Profile = 
 
 def _train(tmp, art, recipe, base, tasks, train, seed, device, quiet) -> MultiTask:
     """Train the multi-task model and write it into the folder ``tmp`` (moved to ``art.path`` after)."""
-    from safetensors.torch import save_file
-
     quiet_transformers()
     seed_everything(seed)
     models, tokenizer = {}, None
@@ -114,10 +122,8 @@ def _train(tmp, art, recipe, base, tasks, train, seed, device, quiet) -> MultiTa
     first = next(iter(models.values()))
     prefixes = head_prefixes(first)
     body = split_head(first.state_dict(), prefixes)[0]
-    heads = {f"{t}{HEAD_SEP}{k}": v for t, m in models.items() for k, v in split_head(m.state_dict(), prefixes)[1].items()}
+    heads = {t: split_head(m.state_dict(), prefixes)[1] for t, m in models.items()}
     meta = {**recipe, "head_prefixes": list(prefixes), "train_examples": run.examples, "steps": run.steps,
             "train_seconds": round(run.seconds, 1), "final_loss": run.final_loss, "versions": package_versions()}
-    save_file({k: v.detach().cpu().contiguous() for k, v in body.items()}, str(tmp / "body.safetensors"))
-    save_file({k: v.detach().cpu().contiguous() for k, v in heads.items()}, str(tmp / "heads.safetensors"))
-    write_json(tmp / "recipe.json", meta)
+    save_parts(tmp, body, heads, meta)
     return MultiTask(art.path, meta)
