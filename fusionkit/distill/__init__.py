@@ -1,7 +1,9 @@
 """Fusion by distillation. Knowledge propagation by context distillation (Padmanabhan et al., NeurIPS 2023, arXiv
 2306.09306): entities and their probes (Entity Inferences format), probe scoring, transfer sets, the distillation
 loss and loop with its fine-tuning baseline, and runs that report every method side by side. And ensemble
-distillation (:mod:`fusionkit.distill.ensemble`): a zoo's experts into one student on unlabeled text.
+distillation (:mod:`fusionkit.distill.ensemble`): a zoo's experts into one student on unlabeled text. And models
+whose vocabularies differ, which no weight-space merge can combine: token alignment
+(:mod:`fusionkit.distill.token_alignment`) and training-free Cool-Fusion (:mod:`fusionkit.distill.cool_fusion`).
 
 ``from fusionkit import distill as D`` gives the whole workflow: ``D.settings``, ``D.transfer_set``,
 ``D.prepare``, ``D.distill``, ``D.run``, ``D.multi_entity_curve``, ``D.format_table``.
