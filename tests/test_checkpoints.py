@@ -89,7 +89,7 @@ def test_checkpoints_of_one_architecture_pass_and_another_names_the_first_mismat
     a, b = (fk.expert_from(_classifier(tmp_path / n, s)) for n, s in (("a", 0), ("b", 1)))
     check_experts([a, b])
     wide = fk.expert_from(_classifier(tmp_path / "wide", 2, hidden=48))
-    with pytest.raises(MergeError, match="different bases"):
+    with pytest.raises(MergeError, match="different bases.*Cool-Fusion"):  # and where to go instead
         check_experts([a, wide])
     with pytest.raises(MergeError, match="shape"):
         check_compatible([a.state_dict(), wide.state_dict()])
@@ -109,7 +109,7 @@ def test_a_retokenised_vocabulary_is_refused_but_saved_settings_are_not(tmp_path
     spec["model"]["vocab"]["good"], spec["model"]["vocab"]["bad"] = spec["model"]["vocab"]["bad"], \
         spec["model"]["vocab"]["good"]
     (b / "tokenizer.json").write_text(json.dumps(spec))
-    with pytest.raises(MergeError, match="different tokenizers"):
+    with pytest.raises(MergeError, match="different tokenizers.*token alignment"):
         check_experts([fk.expert_from(a), fk.expert_from(b)])
 
 

@@ -99,20 +99,27 @@ def find_expert(recipe: dict, name: str) -> Expert | None:
     return lookup(expert_artefact(recipe, name), load_expert(name))
 
 
+# What to do instead of a weight-space merge when the models do not share a base or a vocabulary.
+NO_MERGE = ("models of different architectures or vocabularies cannot be merged in weight space; fuse them with "
+            "Cool-Fusion (fusionkit.distill.cool_fusion, no training) or distil one into the other through token "
+            "alignment (fusionkit.distill.token_alignment)")
+
+
 def check_experts(experts: list[Expert]) -> None:
     """Experts can be fused only if there are at least two, from one base, with one tokenizer."""
     if len(experts) < 2:
         raise MergeError(f"merging needs at least 2 experts, got {len(experts)}")
     bases = {e.recipe["base"] for e in experts}
     if len(bases) > 1:
-        raise MergeError(f"experts come from different bases {sorted(bases)}; fix: merge experts of one base")
+        raise MergeError(f"experts come from different bases {sorted(bases)}; fix: merge experts of one base - "
+                         f"{NO_MERGE}")
     tokenizers = {}
     for e in experts:
         tokenizers.setdefault(tokenizer_fingerprint(e.path), e.name)
     if len(tokenizers) > 1:
         a, b = list(tokenizers.values())[:2]
         raise MergeError(f"experts {a!r} and {b!r} use different tokenizers, so their embeddings mean different "
-                         "things; fix: merge experts fine-tuned from one base with its tokenizer")
+                         f"things; fix: merge experts fine-tuned from one base with its tokenizer - {NO_MERGE}")
 
 
 VOCAB_FILES = ("vocab.txt", "vocab.json", "merges.txt", "tokenizer.model", "spiece.model", "sentencepiece.bpe.model")
