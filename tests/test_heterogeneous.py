@@ -20,7 +20,7 @@ def word_level():
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
-    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[UNK]")
 
 
 def byte_bpe():
@@ -128,3 +128,19 @@ def test_segment_logprob_is_the_sum_over_the_segments_own_tokens():
         logp = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0], -1)
     by_hand = float(logp[2, ids[3]])  # " good" after "the movie was": one token, predicted at position 2
     assert segment_logprob(model, tok, "the movie was", " good") == pytest.approx(by_hand, abs=1e-5)
+
+
+def test_choose_fuses_per_word_candidate_scores():
+    from fusionkit.distill.cool_fusion import choose
+    from fusionkit.distill.probes import candidate_logprobs
+
+    a, b = word_level(), byte_bpe()
+    pair = [(tiny_lm(len(a), seed=4), a), (tiny_lm(len(b), seed=5), b)]
+    cands = ["good", "very bad", "quite fine story"]
+    got = choose(pair, "the movie was", cands)
+    for k, (model, tok) in enumerate(pair):
+        lp = candidate_logprobs(model, tok, "the movie was", cands)[0]
+        assert [row[k] for row in got["scores"]] == pytest.approx([float(lp[c]) / words(w) for c, w in enumerate(cands)])
+    assert got["choice"] == max(range(3), key=lambda c: sum(got["scores"][c]))
+    alone = choose(pair[:1], "the movie was", cands)
+    assert alone["fused"] == pytest.approx([row[0] for row in got["scores"]])

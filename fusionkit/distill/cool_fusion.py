@@ -118,3 +118,16 @@ def greedy_text(model, tokenizer, prompt: str, max_new_tokens: int) -> str:
     out = model.generate(torch.tensor([ids], device=dev), max_new_tokens=max_new_tokens, do_sample=False,
                          pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     return _continuation(tokenizer, out[0].tolist(), n, prompt)
+
+
+@torch.inference_mode()
+def choose(models: list[tuple], prefix: str, candidates: list[str], sep: str = " ") -> dict:
+    """Cool-Fusion's joint scoring on given candidates (a multiple-choice probe): ``scores[c][k]`` = model k's
+    log-likelihood of candidate c after ``prefix`` per word, ``fused[c]`` their mean over models, ``choice`` the
+    argmax. With one model it is that model's own per-word choice."""
+    from .probes import candidate_logprobs
+
+    per_model = [candidate_logprobs(m, tok, prefix, candidates, sep=sep)[0] for m, tok in models]
+    scores = [[float(lp[c]) / words(cand) for lp in per_model] for c, cand in enumerate(candidates)]
+    fused = [sum(row) / len(row) for row in scores]
+    return {"scores": scores, "fused": fused, "choice": max(range(len(candidates)), key=lambda c: (fused[c], -c))}
