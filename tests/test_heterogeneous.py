@@ -144,3 +144,46 @@ def test_choose_fuses_per_word_candidate_scores():
     assert got["choice"] == max(range(3), key=lambda c: sum(got["scores"][c]))
     alone = choose(pair[:1], "the movie was", cands)
     assert alone["fused"] == pytest.approx([row[0] for row in got["scores"]])
+
+
+def test_fusellm_targets_from_a_copy_with_every_token_match_the_students_own_distribution():
+    """Identical tokenizers and a teacher that is the student: every position aligns, and with k = the whole
+    vocabulary the mapped target is the student's own distribution - the KL term starts at zero."""
+    import copy
+
+    from fusionkit.distill.fusellm import aligned_targets, fused_loss
+    from fusionkit.distill.token_alignment import VocabularyMap
+
+    tok = word_level()
+    student = tiny_lm(len(tok), seed=6)
+    text = "the acting was quite awful but the story was fine"
+    item = aligned_targets(copy.deepcopy(student), tok, tok, text, VocabularyMap(tok, tok), len(tok), k=len(tok))
+    assert sorted(item.targets) == list(range(len(item.ids) - 1))  # every next token has a target
+    with torch.no_grad():
+        logits = student(input_ids=item.ids[None]).logits[0]
+    assert float(fused_loss(logits, item, lam=0.0)) == pytest.approx(0.0, abs=1e-5)
+    ce = torch.nn.functional.cross_entropy(logits[:-1], item.ids[1:])
+    assert float(fused_loss(logits, item, lam=1.0)) == pytest.approx(float(ce), rel=1e-6)  # λ = 1: fine-tuning
+
+
+def test_fusellm_distillation_across_vocabularies_moves_the_student_to_the_teacher():
+    """A word-level student learns from a BPE teacher through the alignment: its KL to the mapped teacher falls."""
+    from fusionkit.distill.fusellm import aligned_targets, fuse_distill, fused_loss
+    from fusionkit.distill.token_alignment import VocabularyMap
+
+    s_tok, t_tok = word_level(), byte_bpe()
+    student, teacher = tiny_lm(len(s_tok), seed=7), tiny_lm(len(t_tok), seed=8)
+    texts = SENTENCES[:4]
+    vmap = VocabularyMap(t_tok, s_tok)
+    items = [aligned_targets(teacher, t_tok, s_tok, t, vmap, len(s_tok), k=5) for t in texts]
+    assert all(float(p.sum()) == pytest.approx(1.0, abs=1e-5) for i in items for p in i.targets.values())
+
+    def kl_now():
+        with torch.no_grad():
+            return sum(float(fused_loss(student(input_ids=i.ids[None]).logits[0], i, 0.0)) for i in items)
+
+    before = kl_now()
+    run = fuse_distill(student, s_tok, teacher, t_tok, texts, steps=40, lam=0.0, k=5, lr=3e-3)
+    assert 0 < run["aligned_share"] < 1 and len(run["curve"]) == 40  # two vocabularies: not every token aligns
+    assert kl_now() < 0.5 * before
+
