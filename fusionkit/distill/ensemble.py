@@ -128,7 +128,7 @@ def distill_zoo(zoo: Zoo, texts: list[str] | None = None, steps: int | None = No
     ``texts``: unlabeled text (default: :func:`zoo_texts`). ``steps``: student updates (default: one pass over the
     texts). ``lr``/``batch_size``: default the zoo's profile. ``init``: a :class:`~fusionkit.merging.zoo_merge.Merged`
     of this zoo to start from (default: the base body and the zoo's heads). ``callback(entry)`` sees every step's
-    ``{"step", "kl", "seconds"}`` - the live curve.
+    ``{"step", "kl", "seconds"}`` - the live curve: ``callback=fk.widgets.KLDashboard("ensemble distillation").update``.
     """
     texts = list(texts) if texts is not None else zoo_texts(zoo)
     if not texts:
