@@ -88,11 +88,12 @@ def fuse_distill(student, s_tok, teacher, t_tok, texts: list[str], steps: int, l
                              "0 <= lam <= 1, k >= 1")
     t0 = time.perf_counter()
     teacher.eval()
-    vocab_map = VocabularyMap(t_tok, s_tok)
     size = student.get_output_embeddings().weight.shape[0]
-    # λ = 1 is plain fine-tuning: no teacher targets to compute
-    items = [aligned_targets(teacher, t_tok, s_tok, t, vocab_map, size, k) if lam < 1
-             else AlignedText(torch.tensor(student_ids(s_tok, t)), {}) for t in texts]
+    if lam < 1:
+        vocab_map = VocabularyMap(t_tok, s_tok)
+        items = [aligned_targets(teacher, t_tok, s_tok, t, vocab_map, size, k) for t in texts]
+    else:  # λ = 1 is plain fine-tuning: no teacher, no alignment
+        items = [AlignedText(torch.tensor(student_ids(s_tok, t)), {}) for t in texts]
     dev = next(student.parameters()).device
     student.train()
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
