@@ -186,4 +186,6 @@ def test_fusellm_distillation_across_vocabularies_moves_the_student_to_the_teach
     run = fuse_distill(student, s_tok, teacher, t_tok, texts, steps=40, lam=0.0, k=5, lr=3e-3)
     assert 0 < run["aligned_share"] < 1 and len(run["curve"]) == 40  # two vocabularies: not every token aligns
     assert kl_now() < 0.5 * before
+    plain = fuse_distill(tiny_lm(len(s_tok), seed=7), s_tok, teacher, t_tok, texts, steps=3, lam=1.0)
+    assert plain["aligned_share"] == 0 and len(plain["curve"]) == 3  # λ = 1: fine-tuning, the teacher unread
 
