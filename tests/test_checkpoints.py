@@ -291,3 +291,26 @@ def test_cli_merges_checkpoints_and_prints_json(tmp_path, capsys):
     assert set(report["scores"]["systems"]) == {"merged", "a", "b"}
     assert main(["merge", "average", "--models", str(a), str(b)]) != 0
     assert "--out" in capsys.readouterr().err
+
+
+def test_eval_all_scores_every_row_of_a_scoring_only_csv(tmp_path):
+    """A benchmark's test file: every row is scored (not a tenth of it); statistics on those rows are refused."""
+    import pandas as pd
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from fusionkit.merging.checkpoint_merge import merge_checkpoints
+
+    a, b = (_classifier(tmp_path / n, s) for n, s in (("a", 0), ("b", 1)))
+    csv = _csv(tmp_path)
+    report = merge_checkpoints("average", [a, b], tmp_path / "m", data=csv, eval_all=True)
+    merged = report["scores"]["systems"]["merged"]
+    rows = pd.read_csv(csv)
+    assert report["scored_on"] == "every row" and merged["examples"] == len(rows) == 200
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m").eval()
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    with torch.no_grad():
+        pred = [int(model(**tok(t, return_tensors="pt")).logits.argmax()) for t in rows["text"]]
+    gold = [model.config.label2id[label] for label in rows["label"]]
+    assert merged["accuracy"] == pytest.approx(sum(p == g for p, g in zip(pred, gold)) / len(gold))
+    with pytest.raises(MergeError, match="measured on the rows it is scored on"):
+        merge_checkpoints("regmean", [a, b], tmp_path / "r", data=csv, eval_all=True)

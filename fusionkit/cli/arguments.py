@@ -50,6 +50,8 @@ def merge(m) -> None:
                    "folders or hub ids) instead of a zoo; needs --out")
     g.add_argument("--base", metavar="FOLDER", help="with --models: the model they were fine-tuned from (θ₀)")
     g.add_argument("--data", metavar="FILE", help="with --models: score on a CSV (text,label) or a text file (LMs)")
+    g.add_argument("--eval-all", action="store_true",
+                   help="with --data CSV: score every row (a scoring-only file) instead of the held-out split")
     profile(g)
     g.add_argument("--seed", type=int, default=0, help="seeds the zoo, the base head, statistics and random masks")
     g.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)

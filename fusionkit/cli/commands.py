@@ -84,8 +84,9 @@ def merge(args) -> int:
         given["fisher_variant"] = args.fisher_variant
     if args.models:
         return _merge_checkpoints(args, given)
-    if args.base or args.data:
-        raise FusionkitError("--base and --data go with --models (your own checkpoints); fix: add --models A B ...")
+    if args.base or args.data or args.eval_all:
+        raise FusionkitError("--base, --data and --eval-all go with --models (your own checkpoints); fix: add "
+                             "--models A B ...")
     zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
     experts = [e.strip() for e in args.experts.split(",")] if args.experts else None
     merged, report = merge_report(args.method, zoo, experts, zoo.evaluator(args.precision), seed=args.seed, **given)
@@ -123,8 +124,11 @@ def _merge_checkpoints(args, given: dict) -> int:
         raise FusionkitError("--experts picks zoo experts; with --models pass the folders themselves")
     if not args.out:
         raise FusionkitError("merging checkpoints writes a model folder; fix: add --out DIR")
+    if args.eval_all and not args.data:
+        raise FusionkitError("--eval-all scores every row of --data; fix: add --data FILE")
     report = merge_checkpoints(args.method, args.models, args.out, base=args.base, data=args.data,
-                               overwrite=args.overwrite, seed=args.seed, precision=args.precision, **given)
+                               overwrite=args.overwrite, seed=args.seed, precision=args.precision,
+                               eval_all=args.eval_all, **given)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

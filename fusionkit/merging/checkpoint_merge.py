@@ -35,8 +35,10 @@ from .safetensors_io import LazyState
 
 def merge_checkpoints(method: str, models: list, out: str | Path, base=None, data: str | Path | None = None,
                       overwrite: bool = False, seed: int = 0, precision: str = "float32", max_length: int = 128,
-                      device="auto", **options) -> dict:
-    """Merge checkpoint folders with a registered per-tensor method into ``out``; score on ``data`` if given."""
+                      device="auto", eval_all: bool = False, **options) -> dict:
+    """Merge checkpoint folders with a registered per-tensor method into ``out``; score on ``data`` if given -
+    on the split :func:`~fusionkit.data.tasks.task_from` holds out, or with ``eval_all`` on every row (a
+    scoring-only file, e.g. a benchmark's test set, that no model trained on)."""
     m = get_method(method)
     if m.level != "tensor":
         raise MergeError(f"{method} searches over a zoo's experts on dev data; fix: merge checkpoints with a "
@@ -44,9 +46,13 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
     experts = [e if isinstance(e, Checkpoint) else expert_from(e) for e in models]
     base_e = None if base is None else (base if isinstance(base, Checkpoint) else expert_from(base))
     _check(experts, base_e, out, m, data)
+    if eval_all and m.stats:
+        raise MergeError(f"with eval_all every row of {data} is scored, so {m.name}'s {m.stats} statistics would be "
+                         "measured on the rows it is scored on; fix: drop --eval-all (statistics on the training "
+                         "split, scores on the held-out one) or use a data-free method")
     task = texts = None
     if data is not None:
-        task, texts = _data(data, experts[0])
+        task, texts = _data(data, experts[0], eval_all)
     stats = None
     if m.stats:
         from .statistics import expert_stats
@@ -73,6 +79,7 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
             "inputs": [{"name": e.name, "source": e.recipe["source"],
                         "sha256": [sha256_file(p) for p in e.weight_files]} for e in experts],
             "base": None if base_e is None else base_e.recipe["source"], "data": None if data is None else str(data),
+            "scored_on": None if data is None else "every row" if eval_all or task is None else "held-out split",
             "scores": scores, "notes": notes, "seconds": round(seconds, 2), "versions": package_versions(),
         }
         write_json(tmp / "recipe.json", report)
@@ -105,12 +112,19 @@ def _check(experts: list[Checkpoint], base: Checkpoint | None, out, m, data) -> 
             raise MergeError(f"--out {out} is (inside) the input {e.path}; fix: write the merge to a new folder")
 
 
-def _data(data, first: Checkpoint):
+def _data(data, first: Checkpoint, eval_all: bool = False):
     path = Path(data)
     if first.kind == "classifier":
         if path.suffix.lower() != ".csv":
             raise TaskError(f"{data}: a classifier is scored on a CSV with text and label columns; fix: pass a .csv")
-        return task_from(path, name=path.stem, label_names=first.recipe["labels"]), None
+        task = task_from(path, name=path.stem, label_names=first.recipe["labels"])
+        if eval_all:  # every row is the test split: the same rows, labels checked by task_from
+            import datasets
+
+            every = datasets.concatenate_datasets([task.data[s] for s in ("train", "validation", "test")])
+            task = type(task)(task.name, datasets.DatasetDict(train=every, validation=every, test=every),
+                              task.metric, task.description)
+        return task, None
     from ..models.perplexity import read_texts
 
     return None, read_texts(path)
