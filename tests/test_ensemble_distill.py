@@ -107,6 +107,7 @@ def test_cli_distill_zoo_json_and_text_file(tiny_zoo, tmp_path, capsys, monkeypa
     """`fusionkit distill-zoo` as a user runs it (the zoo swapped for the tiny one): the student beside its start,
     from a merge, on the user's own text; a missing text file is one line."""
     import json
+    from pathlib import Path
 
     import fusionkit.models.zoo as zoo_module
     from fusionkit.cli import main
@@ -120,5 +121,7 @@ def test_cli_distill_zoo_json_and_text_file(tiny_zoo, tmp_path, capsys, monkeypa
     assert out["cost"]["texts"] == 3 and out["cost"]["steps"] == 4 and out["options"]["init"]["method"] == "average"
     assert out["start"]["from"] == "average" and set(out["student"]) == set(out["start"]["scores"]) == {"two", "three"}
     assert all(0 <= s["test"] <= 1 for s in out["student"].values())
+    kl = [json.loads((Path(out["path"]) / "recipe.json").read_text())["trace"][i]["kl"] for i in range(4)]
+    assert out["kl_window"] == 2 and out["kl_first"] == pytest.approx((kl[0] + kl[1]) / 2, abs=1e-5)
     assert main(["distill-zoo", "--texts", str(tmp_path / "missing.txt")]) == 2
     assert "no such file" in capsys.readouterr().err

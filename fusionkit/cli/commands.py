@@ -260,7 +260,7 @@ def distill_zoo(args) -> int:
     c = report["cost"]
     print(f"ensemble distillation of zoo {zoo.name} ({len(zoo.experts)} experts, {args.profile}) from "
           f"{report['start']['from']}: {c['steps']} steps on {c['texts']} texts; KL {report['kl_first']:.4f} -> "
-          f"{report['kl_last']:.4f}; teacher {c['teacher_seconds']:.0f} s, training {c['train_seconds']:.0f} s")
+          f"{report['kl_last']:.4f} (mean of the first / last {report['kl_window']} steps); teacher {c['teacher_seconds']:.0f} s, training {c['train_seconds']:.0f} s")
     tasks = list(report["student"])
     print(f"{'test accuracy':<34}" + "".join(f"{t:>14}" for t in tasks) + f"{'mean':>9}")
     for label, scores in (("student", report["student"]), (f"start: {report['start']['from']}",
