@@ -90,3 +90,17 @@ def test_bundled_tasks_from_real_corpora(name, labels, chance_below):
     train, val, test = (set(t.data[s]["text"]) for s in ("train", "validation", "test"))
     assert not train & test and not train & val and not val & test
     assert len(train) == t.sizes()["train"] and len(test) == t.sizes()["test"]
+
+
+@pytest.mark.assets
+def test_a_bundled_task_is_assembled_once_and_mapped_back_the_same(monkeypatch):
+    """Assembled from its corpora once; a new process (here: the in-memory memo cleared) maps the cached Arrow
+    files back without assembling again, and they hold the same rows."""
+    from fusionkit.data import tasks
+
+    first = tasks.load_task("author").fingerprint()
+    tasks._bundled.cache_clear()
+    monkeypatch.setitem(tasks.BUNDLED, "author", (lambda: pytest.fail("assembled again"), "tweets"))
+    again = tasks.load_task("author")
+    assert again.fingerprint() == first and again.label_names == ["Clinton", "Trump"]
+    tasks._bundled.cache_clear()
