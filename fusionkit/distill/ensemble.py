@@ -19,7 +19,6 @@ and each head reads the same features. The result is cached like the multi-task 
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -110,10 +109,6 @@ def ensemble_kl(student: dict[str, torch.Tensor], teacher_logp: dict[str, torch.
     return torch.stack([kl_loss(student[t], teacher_logp[t], tau) for t in teacher_logp]).mean()
 
 
-def _texts_hash(texts: list[str]) -> str:
-    return hashlib.sha256("\x1e".join(texts).encode()).hexdigest()[:16]
-
-
 def _init_recipe(init) -> dict | str:
     if init is None:
         return "base"
@@ -151,7 +146,7 @@ def distill_zoo(zoo: Zoo, texts: list[str] | None = None, steps: int | None = No
     options = {"steps": steps, "tau": tau, "lr": lr, "batch_size": batch_size, "max_length": profile.max_length,
                "seed": seed, "init": _init_recipe(init)}
     recipe = {"code": code_version(__name__), "experts": [e.id for e in zoo.experts], "tasks": list(zoo.tasks),
-              "texts": _texts_hash(texts), "options": options}
+              "texts": stable_hash(texts), "options": options}
     start = "base" if init is None else f"a {init.method} merge"
     art = Artefact(cache_dir("distilled") / stable_hash(recipe), True, "distilled student",
                    f"ensemble distillation of zoo {zoo.name} ({len(zoo.experts)} experts) from {start}: "
