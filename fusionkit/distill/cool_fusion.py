@@ -29,11 +29,11 @@ def _ids(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text)["input_ids"])
 
 
-def _continuation(tokenizer, ids: list[int], n_context: int, context_text: str) -> str:
+def _continuation(tokenizer, ids: list[int], n_context: int, context_text: str, base: str | None = None) -> str:
     """The text that ``ids[n_context:]`` add after the context (decoded with the context, so a SentencePiece
-    tokenizer keeps the space in front of the first new word)."""
+    tokenizer keeps the space in front of the first new word); ``base``: the context's own decoding, if known."""
     full = tokenizer.decode(ids, skip_special_tokens=True)
-    base = tokenizer.decode(ids[:n_context], skip_special_tokens=True)
+    base = tokenizer.decode(ids[:n_context], skip_special_tokens=True) if base is None else base
     return full[len(base):] if full.startswith(base) else full[len(context_text):]
 
 
@@ -44,6 +44,7 @@ def propose(model, tokenizer, context: str, max_tokens: int = 8) -> tuple[str, b
     dev = next(model.parameters()).device
     ids = _ids(tokenizer, context)
     n = len(ids)
+    base = tokenizer.decode(ids, skip_special_tokens=True)  # once: the context does not change while proposing
     eos = tokenizer.eos_token_id
     out = model(input_ids=torch.tensor([ids], device=dev), use_cache=True)
     past, text = out.past_key_values, ""
@@ -51,7 +52,7 @@ def propose(model, tokenizer, context: str, max_tokens: int = 8) -> tuple[str, b
         nxt = int(out.logits[0, -1].argmax())
         if eos is not None and nxt == eos:
             return text, True
-        candidate = _continuation(tokenizer, ids + [nxt], n, context)
+        candidate = _continuation(tokenizer, ids + [nxt], n, context, base)
         if text and candidate[len(text):][:1].isspace():  # the next token opens a new word: stop before it
             return text, False
         ids.append(nxt)
