@@ -60,6 +60,29 @@ def toy_frame(n: int = 240, seed: int = 0):
     return pd.DataFrame(rows)
 
 
+TINY_FAST = dict(epochs=6, batch_size=16, lr=3e-3, max_length=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tiny_bert, tmp_path_factory):
+    """Two tiny experts of different label spaces ("two": 2 labels, "three": 3), trained once per session in a
+    cache of their own; the zoo's base is the tiny BERT."""
+    from fusionkit.core.profiles import get_profile
+    from fusionkit.data.tasks import task_from
+    from fusionkit.models.training import finetune
+    from fusionkit.models.zoo import Zoo
+
+    two = task_from(toy_frame(240), name="two")
+    df = toy_frame(240, seed=1)
+    df.loc[::3, "label"] = "neutral"
+    tasks = {"two": two, "three": task_from(df, name="three")}
+    profile = get_profile("smoke").with_(**TINY_FAST, eval_batch_size=64)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FUSIONKIT_CACHE", str(tmp_path_factory.mktemp("zoo-cache")))
+        experts = [finetune(tiny_bert, task, profile, quiet=True) for task in tasks.values()]
+    return Zoo("tiny", profile, tasks, experts, {e.name: tasks[e.task] for e in experts}, base=tiny_bert)
+
+
 @pytest.fixture
 def toy_task():
     from fusionkit.data.tasks import task_from

@@ -5,31 +5,12 @@ import pytest
 import torch
 
 import fusionkit.distill.ensemble as ensemble
-from conftest import toy_frame
 from fusionkit.core.errors import FusionkitError
-from fusionkit.core.profiles import get_profile
-from fusionkit.data.tasks import task_from
 from fusionkit.distill.ensemble import distill_zoo, ensemble_kl, teacher_logits, zoo_texts
 from fusionkit.merging.zoo_merge import merge_zoo, score_merged
 from fusionkit.models.evaluator import Evaluator
 from fusionkit.models.training import finetune
 from fusionkit.models.zoo import Zoo
-
-FAST = dict(epochs=6, batch_size=16, lr=3e-3, max_length=16)
-
-
-@pytest.fixture(scope="module")
-def tiny_zoo(tiny_bert, tmp_path_factory):
-    """Two tiny experts (two and three labels), trained once for the module in a cache of their own."""
-    two = task_from(toy_frame(240), name="two")
-    df = toy_frame(240, seed=1)
-    df.loc[::3, "label"] = "neutral"
-    tasks = {"two": two, "three": task_from(df, name="three")}
-    profile = get_profile("smoke").with_(**FAST, eval_batch_size=64)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FUSIONKIT_CACHE", str(tmp_path_factory.mktemp("zoo-cache")))
-        experts = [finetune(tiny_bert, task, profile, quiet=True) for task in tasks.values()]
-    return Zoo("tiny", profile, tasks, experts, {e.name: tasks[e.task] for e in experts}, base=tiny_bert)
 
 
 def test_ensemble_kl_is_the_task_mean_of_tau_squared_batch_mean_kl():

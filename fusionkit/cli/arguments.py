@@ -73,7 +73,7 @@ def merge(m) -> None:
         if meth.stats == "fisher":
             own.add_argument("--fisher-variant", choices=VARIANTS, default="sample",
                              help="label of log p(y|x): sampled (true Fisher), argmax, or gold (empirical)")
-        if meth.level == "tensor":
+        if meth.level in ("tensor", "task"):
             own.add_argument("--weights", help="comma-separated coefficients, one per expert")
             own.add_argument("--include", help="comma-separated parameter-name globs to merge (default all)")
             own.add_argument("--exclude", help="comma-separated parameter-name globs to leave at the base / average")

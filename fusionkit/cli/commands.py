@@ -56,7 +56,8 @@ def list_methods(args) -> int:
     for r in rows:
         needs = ", ".join(filter(None, ["base" if r["needs_base"] else "", r["stats"] and f"{r['stats']} stats",
                                         r["n_experts"] and f"exactly {r['n_experts']} experts",
-                                        r["level"] == "zoo" and "a zoo and its dev data"]))
+                                        r["level"] == "zoo" and "a zoo and its dev data",
+                                        r["level"] == "task" and "experts of distinct tasks; one model per task"]))
         print(f"{r['method']:<16} {r['summary']}" + (f"  [needs {needs}]" if needs else ""))
         for k, o in r["options"].items():
             print(f"{'':<18}--{k} (default {o['default']!r}): {o['help']}")
@@ -110,6 +111,11 @@ def merge(args) -> int:
     for label, scores in rows:
         vals = [report["chance"][t] if scores is None else scores[t]["test"] for t in tasks]
         print(f"{label:<28}" + "".join(f"{v:>14.3f}" for v in vals) + f"{sum(vals) / len(vals):>10.3f}")
+    if "storage" in report:
+        st = report["storage"]
+        print(f"one model per task: a shared vector of {st['shared_bytes'] / 1e6:.1f} MB plus "
+              f"{st['per_task_bytes'] / 1e6:.2f} MB per task ({st['per_task_fraction_of_expert']:.1%} of an expert); "
+              f"{st['total_bytes'] / 1e6:.1f} MB in all against {st['experts_bytes'] / 1e6:.1f} MB for the experts")
     for note in report["notes"]:
         print("note:", note)
     if args.out:

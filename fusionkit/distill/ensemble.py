@@ -63,9 +63,6 @@ class Distilled(MultiTask):
         """What the student cost: steps, texts seen, teacher forwards, training seconds."""
         return self.recipe["cost"]
 
-    def state_for(self, task: str) -> dict:
-        return {**self.body, **self.heads[task]}
-
 
 def unlabeled(texts: list[str], name: str = "unlabeled") -> Task:
     """Texts as a one-split task (labels all 0, never read) so an :class:`Evaluator` can run them."""
@@ -225,10 +222,16 @@ class Start:
     heads: dict
     method: str = "base body + the zoo's heads"
 
+    def body_for(self, task: str) -> dict:
+        return self.body
+
 
 def start_of(zoo: Zoo, init=None, seed: int = 0):
     """What :func:`distill_zoo` starts from: ``init`` (a merge), or the base body with the zoo's heads."""
     if init is not None:
+        if getattr(init, "bodies", None) is not None:
+            raise FusionkitError(f"{init.method} gives each task its own body, and a student has one; fix: start "
+                                 "from a single-model merge (init=merge_zoo('ties', zoo), or consensus)")
         return init
     prefixes = tuple(zoo.experts[0].recipe["head_prefixes"])
     return Start(split_head(base_state(zoo.base, zoo.experts[0].recipe["labels"], seed), prefixes)[0], zoo.heads())

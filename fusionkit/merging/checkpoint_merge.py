@@ -40,6 +40,10 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
     on the split :func:`~fusionkit.data.tasks.task_from` holds out, or with ``eval_all`` on every row (a
     scoring-only file, e.g. a benchmark's test set, that no model trained on)."""
     m = get_method(method)
+    if m.level == "task":
+        raise MergeError(f"{method} makes one model per task, named by the experts' tasks; checkpoints merge into "
+                         f"one model here; fix: use a single-model method (e.g. consensus, ties) or merge zoo "
+                         f"experts (fusionkit merge {method} --zoo multitask)")
     if m.level != "tensor":
         raise MergeError(f"{method} searches over a zoo's experts on dev data; fix: merge checkpoints with a "
                          "per-tensor method (fusionkit merge --list)")

@@ -5,8 +5,11 @@
 * ``recipe.json``: method, resolved options, inputs (expert ids, tasks and sha256 of their weights), notes,
   package versions.
 * ``mergekit.yml`` where mergekit has the same method, so a merge found on small models can be repeated on large
-  ones (``mergekit-yaml mergekit.yml OUT``). Fisher, RegMean, MagMax and the SVD merges (TSV-M, ISO-C, ISO-CTS)
-  have no mergekit counterpart.
+  ones (``mergekit-yaml mergekit.yml OUT``). Fisher, RegMean, MagMax, the SVD merges (TSV-M, ISO-C, ISO-CTS),
+  consensus, EMR and TALL masks have no mergekit counterpart.
+* Task-specific merges (EMR, TALL masks): one folder per task (each task's own model) and
+  ``task_specific.safetensors``, the compact form - the shared vector once, each task's mask bit-packed and its
+  scale (:class:`~fusionkit.merging.task_models.TaskModels`); ``recipe.json`` says what each costs in bytes.
 * ``.manifest.json`` (:mod:`fusionkit.core.manifest`), written last: loading the folder through the kit
   (``load_base``, ``fusionkit cache verify DIR``) says in one line if it was damaged since.
 
@@ -158,17 +161,23 @@ def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_l
             missing = model.load_state_dict(merged.state_for(task), strict=False)
             if missing.missing_keys:
                 raise MergeError(f"merged state lacks {missing.missing_keys[:3]}")
-            folder = tmp if merged.heads_merged else tmp / task
+            folder = tmp if merged.heads_merged and merged.bodies is None else tmp / task
             model.save_pretrained(folder)
             AutoTokenizer.from_pretrained(source.path).save_pretrained(folder)
         recipe = {
             "method": merged.method, "options": merged.options, "weights": merged.weights,
             "heads": "merged" if merged.heads_merged else "kept per task (one folder per task)",
+            **({"models": "one per task (one folder per task)"} if merged.bodies is not None else {}),
             "tasks": list(merged.heads),
             "inputs": [{"name": e.name, "id": e.id, "task": e.task, "path": str(e.path),
                         "sha256": sha256_file(e.path / "model.safetensors")} for e in merged.experts],
             "notes": merged.notes, "seconds": round(merged.seconds, 2), "versions": package_versions(), **(extra or {}),
         }
+        if merged.task_models is not None:
+            from .task_models import FILE
+
+            merged.task_models.save(tmp / FILE)
+            recipe["storage"] = merged.task_models.storage()
         write_json(tmp / "recipe.json", recipe)
         config = mergekit_config(merged, base_path)
         if config is not None:

@@ -48,6 +48,9 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
     Experts may be :class:`~fusionkit.merging.safetensors_io.LazyState` views: each tensor is read when it is merged.
     """
     m = get_method(method)
+    if m.level == "task":
+        raise MergeError(f"{method} makes one model per task (a shared vector and per-task masks), not one state "
+                         "dict; fix: use merge_task_specific (fusionkit.merging.task_models) or merge_zoo")
     if m.level != "tensor":
         raise MergeError(f"{method} merges a whole zoo (it scores candidates on dev data), not tensors; "
                          "fix: use merge_zoo(method, zoo) or merge_report")

@@ -2,11 +2,14 @@
 
 A method is a function registered with :func:`register`. Its options are its keyword-only parameters: the
 default is written once, in the signature; :func:`register` adds a help text and an optional range check per
-option, a one-line summary and a reference (the paper). Two levels:
+option, a one-line summary and a reference (the paper). Three levels:
 
 * ``"tensor"`` methods - ``fn(tensors, base, w, ctx, *, options)`` - merge one parameter tensor given the i-th
   expert's tensor θᵢ, the base's θ₀ (or None), the per-expert coefficients w and a context (``ctx["name"]``,
   ``ctx["stats"]``, ``ctx["notes"]``). Defined per tensor, they stream through safetensors files.
+* ``"task"`` methods - same signature, returning :class:`~fusionkit.merging.task_models.TaskParts` - merge into
+  one shared task vector plus a mask (and a rescaler) per expert: one light model per task (EMR-merging, TALL
+  masks), run by :func:`~fusionkit.merging.task_models.merge_task_specific`.
 * ``"zoo"`` methods - ``fn(zoo, evaluator, experts, *, options) -> (Merged, trace)`` - need a whole zoo and dev
   data (greedy soup scores its soups).
 
@@ -25,7 +28,7 @@ from typing import Callable
 
 from ..core.errors import MergeError
 
-LEVELS = ("tensor", "zoo")
+LEVELS = ("tensor", "task", "zoo")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..core.errors import MergeError
+from ..core.lazy import lazy_import
 from ..models.evaluator import Evaluator
 from ..models.experts import Expert, check_experts
 from ..models.heads import base_state, head_for, head_policy, shared_label_space, split_head
@@ -26,6 +27,8 @@ from .merge import merge
 from .registry import get_method
 from .statedict import ParamFilter, StateDict
 from .statistics import expert_stats
+
+torch = lazy_import("torch")
 
 SPLITS = ("validation", "test")
 
@@ -44,9 +47,17 @@ class Merged:
     seconds: float = 0.0
     weights: object = None  # the coefficients given: None (all 1), a list, or {glob: list}
     trace: list | None = None  # what a zoo-level method tried on dev data (greedy soup: each expert kept or not)
+    # Task-specific merges (EMR, TALL): each task's own body, and the compact form (shared vector + masks).
+    # ``body`` is then θ₀ + the shared vector, which no task runs.
+    bodies: dict[str, StateDict] | None = None
+    task_models: object = None  # fusionkit.merging.task_models.TaskModels
+
+    def body_for(self, task: str) -> StateDict:
+        """The body task ``task`` runs: the one merged body, or its own for a task-specific merge."""
+        return self.bodies[task] if self.bodies is not None else self.body
 
     def state_for(self, task: str) -> StateDict:
-        return {**self.body, **self.heads[task]}
+        return {**self.body_for(task), **self.heads[task]}
 
 
 def merge_experts(method: str, experts: list[Expert], train_tasks: dict | None = None, base: str = "minilm",
@@ -58,6 +69,8 @@ def merge_experts(method: str, experts: list[Expert], train_tasks: dict | None =
     """
     check_experts(experts)
     m = get_method(method)
+    if m.level == "task":
+        return _merge_per_task(m, experts, base, seed, weights, filter, **options)
     if m.level != "tensor":
         raise MergeError(f"{method} merges a zoo; fix: use merge_zoo({method!r}, zoo)")
     if "seed" in m.options:
@@ -82,6 +95,35 @@ def merge_experts(method: str, experts: list[Expert], train_tasks: dict | None =
                   time.perf_counter() - t0, weights)
 
 
+def _merge_per_task(m, experts: list[Expert], base: str, seed: int, weights, filter, **options) -> Merged:
+    """A task-level method (EMR, TALL): one body per task from the shared vector and that task's mask; each
+    expert is its task's model, so the experts' tasks must differ."""
+    from .task_models import merge_task_specific
+
+    tasks = [e.task for e in experts]
+    if len(set(tasks)) < len(tasks):
+        twice = sorted({t for t in tasks if tasks.count(t) > 1})
+        raise MergeError(f"{m.name} keeps one model per task, but task(s) {twice} have several experts; fix: pick "
+                         "one expert per task (experts=[...])")
+    t0 = time.perf_counter()
+    states = [e.state_dict() for e in experts]
+    policy = head_policy(experts, states=states)
+    names = list(policy.fused_part(states[0]))
+    base_sd = base_state(base, experts[0].recipe["labels"], seed)
+    parts = merge_task_specific(m.name, states, base_sd, weights=weights, filter=filter, names=names,
+                                labels=tasks, **options)
+    bodies, heads = {}, {}
+    for t in tasks:
+        body, own_head = split_head(parts.state(t, base_sd), policy.prefixes)
+        bodies[t] = body
+        heads[t] = own_head if policy.fused_heads else policy.heads[t]
+    shared_body = split_head({n: (base_sd[n] + parts.shared[n].to(base_sd[n].dtype))
+                              if n in parts.shared else parts.copied.get(n, base_sd[n]) for n in names},
+                             policy.prefixes)[0]
+    return Merged(m.name, parts.options, shared_body, heads, policy.fused_heads, experts, parts.notes,
+                  time.perf_counter() - t0, weights, bodies=bodies, task_models=parts)
+
+
 def merge_zoo(method: str, zoo: Zoo, experts: list[str] | None = None, evaluator: Evaluator | None = None,
               **options) -> Merged:
     """Merge a zoo (all its experts, or those named) with any registered method: per-tensor methods through
@@ -102,7 +144,7 @@ def merge_zoo(method: str, zoo: Zoo, experts: list[str] | None = None, evaluator
 # ------------------------------------------------------------------------------------------------ scores
 def score_merged(merged: Merged, zoo: Zoo, evaluator: Evaluator, splits=SPLITS) -> dict:
     """``{task: {split: score}}`` of the merged body with each task's head, on every task it has a head for."""
-    return {t: {s: round(evaluator.score(task, s, params=merged.body, head=merged.heads[t]), 4) for s in splits}
+    return {t: {s: round(evaluator.score(task, s, params=merged.body_for(t), head=merged.heads[t]), 4) for s in splits}
             for t, task in zoo.tasks.items() if t in merged.heads}
 
 
@@ -151,6 +193,8 @@ def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evalua
     }
     if merged.trace is not None:
         report["soup_trace"] = merged.trace
+    if merged.task_models is not None:
+        report["storage"] = merged.task_models.storage()
     return merged, report
 
 
@@ -163,6 +207,44 @@ def sweep(zoo: Zoo, method: str, param: str, values, evaluator: Evaluator, split
         scores = {t: s[split] for t, s in score_merged(merged, zoo, evaluator, splits=(split,)).items()}
         rows.append({param: v, "scores": scores, "mean": round(sum(scores.values()) / len(scores), 4)})
     return rows
+
+
+def choose_per_task(zoo: Zoo, method: str, param: str, values, evaluator: Evaluator,
+                    experts: list[str] | None = None, **options) -> Merged:
+    """A task-specific merge whose option ``param`` is chosen for each task on its validation split (TALL masks'
+    λₜ from 0.2-0.6, Wang et al. 2024 §4): merge once per value, keep for task t the body that scored best on
+    t's validation split. Test data is not looked at. ``merged.trace`` has every value's validation scores and
+    ``merged.options[param]`` the value chosen per task."""
+    if get_method(method).level != "task":
+        raise MergeError(f"{method} makes one model for every task, so there is nothing to choose per task; fix: "
+                         "use sweep() and pick one value on the mean validation score")
+    values = list(values)
+    if not values:
+        raise MergeError(f"choose_per_task: no values of {param!r} to choose from; fix: pass e.g. [0.2, 0.4, 0.6]")
+    runs, trace = [], []
+    for v in values:
+        merged = merge_zoo(method, zoo, experts, **{**options, param: v})
+        scores = {t: s["validation"] for t, s in score_merged(merged, zoo, evaluator, splits=("validation",)).items()}
+        runs.append(merged)
+        trace.append({param: v, "scores": scores})
+    best = {t: max(range(len(values)), key=lambda i: trace[i]["scores"][t]) for t in runs[0].bodies}
+    first = runs[0]
+    parts = first.task_models
+    if parts is not None and all(all(torch.equal(r.task_models.shared[n], parts.shared[n]) for n in parts.shared)
+                                 for r in runs[1:]):
+        # one shared vector whatever the value (TALL: λ moves only the masks): keep the compact form, chosen masks
+        from .task_models import TaskModels
+
+        chosen = [runs[best[t]].task_models for t in parts.labels]
+        parts = TaskModels(method, {**parts.options, param: {t: values[best[t]] for t in parts.labels}}, parts.labels,
+                           parts.shared, [c.masks[i] for i, c in enumerate(chosen)],
+                           [c.scales[i] for i, c in enumerate(chosen)], parts.copied, parts.notes)
+    else:
+        parts = None
+    return Merged(method, {**first.options, param: {t: values[i] for t, i in best.items()}}, first.body,
+                  {t: runs[i].heads[t] for t, i in best.items()}, first.heads_merged, first.experts, first.notes,
+                  sum(r.seconds for r in runs), first.weights, trace=trace,
+                  bodies={t: runs[i].bodies[t] for t, i in best.items()}, task_models=parts)
 
 
 def compare(zoo: Zoo, specs: dict[str, tuple[str, dict]], evaluator: Evaluator, splits=SPLITS,

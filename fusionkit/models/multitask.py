@@ -7,7 +7,7 @@ bound a data-free merge tries to approach. Same recipe as an expert (:func:`~fus
 same epochs over the same examples, so as many steps as the experts together), cached by a hash of the bases,
 tasks, hyperparameters, seed and the training code.
 
-It quacks like a merge: ``.body`` and ``.heads[task]``, so ``score_merged(multitask, zoo, evaluator)`` scores it
+It quacks like a merge: ``.body``, ``.body_for(task)`` and ``.heads[task]``, so ``score_merged(multitask, zoo, evaluator)`` scores it
 beside every merge.
 """
 from __future__ import annotations
@@ -59,6 +59,13 @@ class MultiTask:
     @property
     def method(self) -> str:
         return "multi-task model"
+
+    def body_for(self, task: str) -> dict:
+        """The body every task runs (one shared body), as for a merge."""
+        return self.body
+
+    def state_for(self, task: str) -> dict:
+        return {**self.body, **self.heads[task]}
 
 
 def save_parts(folder: Path, body: dict, heads: dict[str, dict], meta: dict) -> None:

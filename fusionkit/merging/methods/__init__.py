@@ -7,6 +7,7 @@ wᵢ coefficients). Importing this package registers them all in :mod:`fusionkit
 * :mod:`.slerp`     - spherical interpolation of two models
 * :mod:`.geometric` - Model Stock, the Karcher mean, Multi-SLERP, NearSwap: merges chosen by the weights' geometry
 * :mod:`.svd`       - TSV-M, ISO-C, ISO-CTS: task matrices merged through their singular value decompositions
+* :mod:`.masks`     - EMR-merging, TALL masks (one light model per task), consensus merging
 * :mod:`.fisher`    - Fisher-weighted averaging (diagonal Fisher statistics)
 * :mod:`.regmean`   - RegMean's closed form per linear layer (input Gram statistics)
 * :mod:`.soups`     - greedy soup (zoo level: scores its soups on dev data)
@@ -18,6 +19,7 @@ from . import pruning  # noqa: F401
 from . import slerp  # noqa: F401
 from . import geometric  # noqa: F401
 from . import svd  # noqa: F401
+from . import masks  # noqa: F401
 from . import fisher  # noqa: F401
 from . import regmean  # noqa: F401
 from . import soups  # noqa: F401
