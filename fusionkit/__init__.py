@@ -55,6 +55,7 @@ _API = {
     "mean_score": "merging.zoo_merge:mean_score", "choose_per_task": "merging.zoo_merge:choose_per_task",
     "merge_task_specific": "merging.task_models:merge_task_specific", "TaskModels": "merging.task_models:TaskModels",
     "load_task_models": "merging.task_models:load_task_models", "greedy_soup": "merging.methods.soups:greedy_soup",
+    "adamerge": "merging.methods.adamerging:adamerge",
     "regression_loss": "merging.methods.regmean:regression_loss",
     "expert_stats": "merging.statistics:expert_stats", "ParamFilter": "merging.statedict:ParamFilter",
     "task_vector": "merging.statedict:task_vector", "cosine_matrix": "merging.analysis:cosine_matrix",

@@ -100,6 +100,11 @@ def test_a_zoo_merge_gives_each_task_its_own_body_and_scores_it(tiny_zoo):
     for t, task in tiny_zoo.tasks.items():  # scored with the task's own body, not the shared one
         assert scores[t]["validation"] == round(ev.score(task, "validation", params=merged.bodies[t],
                                                          head=merged.heads[t]), 4)
+    from fusionkit.reproduce.merging import merged_correct  # the paired-interval path scores the same bodies
+
+    per_example = merged_correct(tiny_zoo, ev, merged, "validation")
+    assert {t: round(float(v.mean()), 4) for t, v in per_example.items()} == {
+        t: s["validation"] for t, s in scores.items()}
     chosen = choose_per_task(tiny_zoo, "tall_masks", "lam", [0.0, 1.0, 5.0], ev)
     for t in tiny_zoo.tasks:
         by_value = [row["scores"][t] for row in chosen.trace]

@@ -130,7 +130,8 @@ def merge_zoo(method: str, zoo: Zoo, experts: list[str] | None = None, evaluator
     :func:`merge_experts` with the zoo's profile settings, zoo-level ones (greedy soup) on ``evaluator``'s dev data."""
     m = get_method(method)
     if m.level == "zoo":
-        options.pop("seed", None)  # zoo-level methods choose on dev data: nothing random to seed
+        if "seed" not in m.options:
+            options.pop("seed", None)  # greedy soup chooses on dev data: nothing random to seed
         t0 = time.perf_counter()
         merged, trace = m.fn(zoo, evaluator or zoo.evaluator(), experts, **m.resolve(options))
         merged.trace, merged.seconds = trace, time.perf_counter() - t0

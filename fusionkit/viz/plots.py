@@ -167,6 +167,30 @@ def extend_kl_curve(fig: go.Figure, entries: list[dict]) -> None:
             trace.y = list(trace.y or ()) + [v for _, v in new]
 
 
+def entropy_curve(tasks: list[str], history: list[dict] = (), title: str = "AdaMerging: dev entropy per step"
+                  ) -> go.Figure:
+    """AdaMerging's objective per step: the summed prediction entropy and each task's (``{"step", "entropy",
+    "per_task": {task: H}}`` entries)."""
+    fig = go.Figure()
+    fig.add_scatter(x=[], y=[], name="sum over tasks", mode="lines", line=dict(width=3))
+    for t in tasks:
+        fig.add_scatter(x=[], y=[], name=t, mode="lines", line=dict(width=1))
+    fig.update_layout(title=title, xaxis_title="step", yaxis_title="entropy (nats)", height=360)
+    extend_entropy_curve(fig, list(history))
+    return fig
+
+
+def extend_entropy_curve(fig: go.Figure, entries: list[dict]) -> None:
+    """Append steps to :func:`entropy_curve`'s traces (the sum first, then one per task, in its order)."""
+    if not entries:
+        return
+    steps = [e["step"] for e in entries]
+    for i, trace in enumerate(fig.data):
+        values = [e["entropy"] if i == 0 else e["per_task"][trace.name] for e in entries]
+        trace.x = list(trace.x or ()) + steps
+        trace.y = list(trace.y or ()) + values
+
+
 # ------------------------------------------------------------------------------------------ landscapes
 _DASH = ["solid", "dash", "dot", "dashdot"]
 

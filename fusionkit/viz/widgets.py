@@ -147,6 +147,13 @@ class KLDashboard(LiveCurve):
         super().__init__(plots.kl_curve([], title), plots.extend_kl_curve)
 
 
+class LiveEntropy(LiveCurve):
+    """A live entropy curve for AdaMerging: ``adamerge(zoo, callback=LiveEntropy(tasks).update)``."""
+
+    def __init__(self, tasks: list[str], title: str = "AdaMerging: dev entropy per step (live)"):
+        super().__init__(plots.entropy_curve(list(tasks), title=title), plots.extend_entropy_curve)
+
+
 # ------------------------------------------------------------------------------------------ landscapes
 @contextmanager
 def caught(errors: W.Output):

@@ -11,6 +11,7 @@ wᵢ coefficients). Importing this package registers them all in :mod:`fusionkit
 * :mod:`.fisher`    - Fisher-weighted averaging (diagonal Fisher statistics)
 * :mod:`.regmean`   - RegMean's closed form per linear layer (input Gram statistics)
 * :mod:`.soups`     - greedy soup (zoo level: scores its soups on dev data)
+* :mod:`.adamerging` - AdaMerging (zoo level: task arithmetic's λ learned by entropy minimisation on dev text)
 """
 # Each import registers its family's methods; this order is the order every listing shows.
 from . import averaging  # noqa: F401,I001
@@ -23,3 +24,4 @@ from . import masks  # noqa: F401
 from . import fisher  # noqa: F401
 from . import regmean  # noqa: F401
 from . import soups  # noqa: F401
+from . import adamerging  # noqa: F401
