@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fusionkit.core.errors import MergeError
-from fusionkit.merging.alignment import weight_matching
+from fusionkit.merging.alignment import residual_tensors, weight_matching
 from fusionkit.models.training import permute_ffn_units
 
 HEADS = 4
@@ -85,6 +85,45 @@ def test_two_different_models_keep_their_function_and_match_better():
     assert sum(result.moved.values()) > 0  # random models are not already in the same order
 
 
+def permute_residual(state: dict, seed: int) -> dict:
+    """The same function with the hidden dimension reordered: one permutation for every tensor that reads or
+    writes the residual stream."""
+    rows, cols = residual_tensors(state)
+    width = state[rows[0]].shape[0]
+    p = torch.randperm(width, generator=torch.Generator().manual_seed(seed))
+    out = clone(state)
+    for n in rows:
+        out[n] = out[n][p]
+    for n in cols:
+        out[n] = out[n][:, p]
+    return out
+
+
+def test_the_residual_stream_is_aligned_back_by_coordinate_descent():
+    model = tiny_bert(0)
+    ref = clone(model.state_dict())
+    with torch.no_grad():
+        permute_ffn_units(model, seed=3)
+    permute_heads(model, seed=4)
+    shuffled = permute_residual(clone(model.state_dict()), seed=5)
+    assert torch.allclose(outputs(model, ref), outputs(model, shuffled), atol=1e-5)  # still the same function
+    blocks_only = weight_matching(ref, shuffled, num_heads=HEADS)
+    assert not torch.equal(blocks_only.state["bert.embeddings.word_embeddings.weight"],
+                           ref["bert.embeddings.word_embeddings.weight"])  # units alone cannot undo it
+    result = weight_matching(ref, shuffled, num_heads=HEADS, residual=True)
+    assert all(torch.equal(result.state[n], ref[n]) for n in ref), "coordinate descent did not recover the original"
+    assert result.moved["residual"] > 0 and 2 <= result.sweeps < 20
+
+
+def test_residual_matching_of_two_different_models_keeps_the_function():
+    a, b = tiny_bert(0), tiny_bert(1)
+    sa, sb = clone(a.state_dict()), clone(b.state_dict())
+    result = weight_matching(sa, sb, num_heads=HEADS, residual=True)
+    assert torch.allclose(outputs(b, result.state), outputs(b, sb), atol=1e-5)
+    names = [n for n in sa if n.startswith("bert.")]
+    assert objective(sa, result.state, names) > objective(sa, sb, names)
+
+
 def test_bad_input_is_named():
     a = clone(tiny_bert(0).state_dict())
     with pytest.raises(MergeError, match="no '\\*.intermediate.dense.weight'"):
@@ -98,3 +137,6 @@ def test_bad_input_is_named():
     missing = {k: v for k, v in a.items() if "layer.1.output.dense.weight" not in k}
     with pytest.raises(MergeError, match="not in the other model"):
         weight_matching(a, missing)
+    no_embeddings = {k: v for k, v in a.items() if "embeddings" not in k}
+    with pytest.raises(MergeError, match="embeddings.LayerNorm.weight.*residual=False"):
+        weight_matching(no_embeddings, no_embeddings, residual=True)

@@ -12,10 +12,13 @@ permutation P that maximises the inner product of the reference's weights with t
 
 a linear assignment problem solved exactly by the Hungarian method (``scipy.optimize.linear_sum_assignment``).
 Blocks whose units feed only one another (one feed-forward block; the heads of one attention layer) are solved
-independently and exactly. What this module does not align: the residual stream (one permutation shared by every
-layer, the embeddings and each LayerNorm - Git Re-Basin's coordinate descent) and the dimensions inside a head
-(Q with K, V with the output projection); both leave the function unchanged too, and ``finetune(permute=...)``
-shuffles neither, so aligning such an expert back needs neither.
+independently and exactly. ``residual=True`` also matches the residual stream: one permutation of the hidden
+dimension shared by every tensor that reads or writes it - the embeddings' columns and LayerNorm, every layer's Q,
+K, V and intermediate columns, the rows of both output projections and their LayerNorms, the pooler's columns.
+Its similarity depends on how the blocks are ordered and theirs on it, so Git Re-Basin's coordinate descent
+alternates - the residual permutation given the blocks, then each block given the residual - until a whole sweep
+moves nothing (each step cannot lower the objective). Not aligned: the dimensions inside a head (Q with K, V with
+the output projection), which leave the function unchanged too.
 """
 from __future__ import annotations
 
@@ -38,10 +41,12 @@ class Alignment:
     state: dict
     perms: dict
     moved: dict
+    sweeps: int = 1  # coordinate-descent sweeps (1 without the residual stream: the blocks are independent)
 
     def __repr__(self) -> str:
         total = sum(len(p) for p in self.perms.values())
-        return f"Alignment({len(self.perms)} blocks, {sum(self.moved.values())} of {total} units moved)"
+        return (f"Alignment({len(self.perms)} blocks, {sum(self.moved.values())} of {total} units moved"
+                f"{f', {self.sweeps} sweeps' if self.sweeps > 1 else ''})")
 
 
 def _assign(similarity) -> "torch.Tensor":
@@ -104,22 +109,55 @@ def _heads(reference: dict, state: dict, layer: str, num_heads: int):
     return _match(reference, state, rows, [out], size=width // num_heads)
 
 
-def weight_matching(reference: dict, other: dict, num_heads: int | None = None) -> Alignment:
+def residual_tensors(state: dict) -> tuple[list[str], list[str]]:
+    """The tensors that index the residual stream of a BERT-family model: ``(rows, cols)`` - names whose first
+    dimension is the hidden size (output projections, their biases, every LayerNorm) and names whose second is
+    (embeddings, Q/K/V, the intermediate projection, the pooler)."""
+    layers = [m.group("layer") for n in state if (m := FFN.match(n))]
+    emb = next((n.removesuffix(".LayerNorm.weight") for n in state if n.endswith("embeddings.LayerNorm.weight")), None)
+    if emb is None:
+        raise MergeError("residual matching: no '*embeddings.LayerNorm.weight'; fix: align BERT-family models, or "
+                         "leave residual=False")
+    rows = [f"{emb}.LayerNorm.weight", f"{emb}.LayerNorm.bias"]
+    cols = [n for n in state if n.startswith(emb + ".") and n.endswith("_embeddings.weight")]
+    for layer in layers:
+        att = f"{layer}.attention"
+        cols += [f"{att}.self.{p}.weight" for p in ("query", "key", "value")] + [f"{layer}.intermediate.dense.weight"]
+        rows += [f"{block}.{part}" for block in (f"{att}.output", f"{layer}.output")
+                 for part in ("dense.weight", "dense.bias", "LayerNorm.weight", "LayerNorm.bias")]
+    cols += [n for n in state if n.endswith("pooler.dense.weight")]
+    return [n for n in rows if n in state], cols
+
+
+def weight_matching(reference: dict, other: dict, num_heads: int | None = None, residual: bool = False,
+                    max_sweeps: int = 20) -> Alignment:
     """Align ``other`` to ``reference`` (two state dicts of one BERT-family architecture, bodies or whole models):
     every feed-forward block's hidden units and, with ``num_heads``, every attention layer's heads, each by an
-    exact linear assignment on the weights (module docstring). ``other`` is not modified; the aligned copy computes
+    exact linear assignment on the weights; with ``residual=True`` also the residual stream, by coordinate descent
+    over at most ``max_sweeps`` sweeps (module docstring). ``other`` is not modified; the aligned copy computes
     the same function as ``other``. Interpolate ``reference`` with ``.state`` instead of with ``other``."""
     layers = [m.group("layer") for n in reference if (m := FFN.match(n))]
     if not layers:
         raise MergeError("weight matching: no '*.intermediate.dense.weight' feed-forward blocks in the reference; "
                          "fix: pass BERT-family state dicts (encoder layers with intermediate/output dense blocks)")
     state = dict(other)
-    perms, moved = {}, {}
+    blocks = {}
+    if residual:
+        rows, cols = residual_tensors(reference)
+        blocks["residual"] = lambda: _match(reference, state, rows, cols)
     for layer in layers:
-        found = {"ffn": _ffn(reference, state, layer)}
+        blocks[f"{layer}:ffn"] = lambda layer=layer: _ffn(reference, state, layer)
         if num_heads:
-            found["heads"] = _heads(reference, state, layer, num_heads)
-        for kind, perm in found.items():
-            perms[f"{layer}:{kind}"] = perm
-            moved[f"{layer}:{kind}"] = int((perm != torch.arange(len(perm))).sum())
-    return Alignment(state, perms, moved)
+            blocks[f"{layer}:heads"] = lambda layer=layer: _heads(reference, state, layer, num_heads)
+    perms: dict = {}
+    sweeps = 0
+    for sweeps in range(1, (max_sweeps if residual else 1) + 1):
+        changed = False
+        for key, solve in blocks.items():
+            perm = solve()  # aligned unit i = unit perm[i] of the state before this step
+            changed |= bool((perm != torch.arange(len(perm))).any())
+            perms[key] = perm if key not in perms else perms[key][perm]
+        if not changed:
+            break
+    moved = {k: int((p != torch.arange(len(p))).sum()) for k, p in perms.items()}
+    return Alignment(state, perms, moved, sweeps)
