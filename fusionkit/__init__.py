@@ -65,6 +65,7 @@ _API = {
     "path": "merging.landscape:path", "lerp": "merging.landscape:lerp", "barrier": "merging.landscape:barrier",
     "float_names": "merging.landscape:float_names", "tensor_angles": "merging.landscape:tensor_angles",
     "weight_matching": "merging.alignment:weight_matching",
+    "activation_matching": "merging.alignment:activation_matching",
     "plane_through": "merging.landscape:plane_through", "random_plane": "merging.landscape:random_plane",
     "evaluate_grid": "merging.landscape:evaluate_grid", "grid_axes": "merging.landscape:grid_axes",
     "mix": "merging.landscape:mix", "simplex_grid": "merging.landscape:simplex_grid",

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from fusionkit.core.errors import MergeError
-from fusionkit.merging.alignment import residual_tensors, weight_matching
+from fusionkit.merging.alignment import activation_matching, residual_tensors, weight_matching
 from fusionkit.models.training import permute_ffn_units
 
 HEADS = 4
@@ -122,6 +122,33 @@ def test_residual_matching_of_two_different_models_keeps_the_function():
     assert torch.allclose(outputs(b, result.state), outputs(b, sb), atol=1e-5)
     names = [n for n in sa if n.startswith("bert.")]
     assert objective(sa, result.state, names) > objective(sa, sb, names)
+
+
+def random_inputs(seed: int = 0, batches: int = 3):
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(batches):
+        ids = torch.randint(1, 50, (8, 12), generator=gen)
+        mask = torch.ones_like(ids)
+        mask[::2, 9:] = 0  # some padding: its tokens must not count
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def test_activation_matching_recovers_a_permuted_copy_from_what_the_units_compute():
+    model = tiny_bert(0)
+    ref = clone(model.state_dict())
+    with torch.no_grad():
+        permute_ffn_units(model, seed=3)
+    shuffled = permute_residual(clone(model.state_dict()), seed=5)
+    result = activation_matching(model, ref, shuffled, random_inputs(), residual=True)
+    assert all(torch.equal(result.state[n], ref[n]) for n in ref), "activation matching did not recover the original"
+    assert result.moved["residual"] > 0 and sum(v for k, v in result.moved.items() if k.endswith(":ffn")) > 0
+    other = clone(tiny_bert(1).state_dict())  # two different models: the function is kept, units reordered
+    moved = activation_matching(model, ref, other, random_inputs(), residual=True)
+    assert torch.allclose(outputs(model, moved.state), outputs(model, other), atol=1e-5)
+    with pytest.raises(MergeError, match="attention_mask"):
+        activation_matching(model, ref, other, [{"input_ids": torch.ones(2, 3, dtype=torch.long)}])
 
 
 def test_bad_input_is_named():

@@ -81,12 +81,17 @@ def _match(reference: dict, state: dict, rows: list[str], cols: list[str], size:
     sim = sum(grouped(reference[n], by_cols) @ grouped(state[n], by_cols).T
               for names, by_cols in ((rows, False), (cols, True)) for n in names)
     perm = _assign(sim)
+    _permute(state, rows, cols, perm, size)
+    return perm
+
+
+def _permute(state: dict, rows: list[str], cols: list[str], perm, size: int = 1) -> None:
+    """Reorder one block's units in ``state`` (in place): unit i becomes unit ``perm[i]``."""
     units = (perm[:, None] * size + torch.arange(size)).reshape(-1)
     for n in rows:
         state[n] = state[n][units]
     for n in cols:
         state[n] = state[n][:, units]
-    return perm
 
 
 def _ffn(reference: dict, state: dict, layer: str):
@@ -161,3 +166,69 @@ def weight_matching(reference: dict, other: dict, num_heads: int | None = None, 
             break
     moved = {k: int((p != torch.arange(len(p))).sum()) for k, p in perms.items()}
     return Alignment(state, perms, moved, sweeps)
+
+
+def _activations(model, state: dict, inputs: list[dict], modules: dict[str, str]) -> dict:
+    """Each named module's output on every non-padding token of ``inputs``, ``{key: [tokens, width]}`` (float64)."""
+    got: dict = {k: [] for k in modules}
+    masks = []
+
+    def keep(key):
+        def hook(module, args, out):
+            got[key].append((out[0] if isinstance(out, tuple) else out).detach())
+        return hook
+
+    handles = [model.get_submodule(m).register_forward_hook(keep(k)) for k, m in modules.items()]
+    try:
+        with torch.no_grad():
+            for batch in inputs:
+                torch.func.functional_call(model, state, args=(), kwargs=dict(batch), strict=False)
+                masks.append(batch["attention_mask"].bool())
+    finally:
+        for h in handles:
+            h.remove()
+    return {k: torch.cat([a[m] for a, m in zip(v, masks)]).double() for k, v in got.items()}
+
+
+def _correlation(a, b):
+    """Pearson correlation of every unit of ``a`` with every unit of ``b`` over tokens: ``[width_a, width_b]``."""
+    za = (a - a.mean(0)) / a.std(0).clamp_min(1e-12)
+    zb = (b - b.mean(0)) / b.std(0).clamp_min(1e-12)
+    return za.T @ zb / (len(a) - 1)
+
+
+def activation_matching(model, reference: dict, other: dict, inputs: list[dict], residual: bool = False) -> Alignment:
+    """Align ``other`` to ``reference`` by what the units *do* (Git Re-Basin's activation matching, Ainsworth et al.
+    2023 §3.1; Li et al. 2016): run both on ``inputs`` (tokenised batches with an ``attention_mask``, e.g. a few
+    hundred dev texts) through ``model`` (the architecture, via ``functional_call``), and per feed-forward block
+    assign the other's units to the reference's by the Pearson correlation of their activations over every
+    non-padding token (Hungarian, maximised). With ``residual=True`` the residual stream too: one permutation
+    from the correlations of the embeddings' and every layer's output, summed over layers. Permuting a model does
+    not change what its units compute, only their order, so one forward pass of each model serves every block.
+    Attention heads are left in place (``weight_matching(num_heads=...)`` aligns them)."""
+    layers = [m.group("layer") for n in reference if (m := FFN.match(n))]
+    if not layers:
+        raise MergeError("activation matching: no '*.intermediate.dense.weight' feed-forward blocks; fix: pass "
+                         "BERT-family state dicts")
+    if not inputs or any("attention_mask" not in b for b in inputs):
+        raise MergeError("activation matching needs tokenised inputs with an attention_mask; fix: pass "
+                         "[tokenizer(texts, padding=True, return_tensors='pt')] (a few hundred dev texts)")
+    modules = {f"{layer}:ffn": f"{layer}.intermediate" for layer in layers}
+    if residual:
+        rows, cols = residual_tensors(reference)
+        emb = rows[0].removesuffix(".LayerNorm.weight")
+        modules.update({"residual:embeddings": emb, **{f"residual:{layer}": f"{layer}.output" for layer in layers}})
+    acts_ref = _activations(model, reference, inputs, modules)
+    acts_other = _activations(model, other, inputs, modules)
+    state, perms = dict(other), {}
+    for layer in layers:
+        key = f"{layer}:ffn"
+        perms[key] = _assign(_correlation(acts_ref[key], acts_other[key]))
+        _permute(state, [f"{layer}.intermediate.dense.weight", f"{layer}.intermediate.dense.bias"],
+                 [f"{layer}.output.dense.weight"], perms[key])
+    if residual:
+        keys = [k for k in modules if k.startswith("residual:")]
+        perms["residual"] = _assign(sum(_correlation(acts_ref[k], acts_other[k]) for k in keys))
+        _permute(state, rows, cols, perms["residual"])
+    moved = {k: int((p != torch.arange(len(p))).sum()) for k, p in perms.items()}
+    return Alignment(state, perms, moved)
