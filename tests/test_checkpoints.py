@@ -227,6 +227,41 @@ def test_merge_checkpoints_ties_uses_the_base_and_matches_the_in_memory_merge(tm
         torch.testing.assert_close(got[name], t)
 
 
+def _backbone(path, seed, hidden=32):
+    """The bare pretrained encoder (BertModel, no head) - what a base on the hub usually is."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(WORDS) + 5, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64)
+    BertModel(config).save_pretrained(path)
+    _tokenizer().save_pretrained(path)
+    return path
+
+
+def test_a_backbone_without_a_head_is_the_base_of_the_body_and_the_heads_are_averaged(tmp_path):
+    import fusionkit as fk
+    from safetensors.torch import load_file
+
+    from fusionkit.merging.checkpoint_merge import merge_checkpoints
+
+    a, b = (_classifier(tmp_path / n, s) for n, s in (("a", 0), ("b", 1)))
+    base = _backbone(tmp_path / "backbone", 2)
+    report = merge_checkpoints("task_arithmetic", [a, b], tmp_path / "ta", base=base, lam=0.5)
+    sa, sb, s0 = (load_file(p / "model.safetensors") for p in (a, b, base))
+    got = load_file(tmp_path / "ta" / "model.safetensors")
+    name = "bert.encoder.layer.1.output.dense.weight"  # the backbone calls it encoder.layer.1.output.dense.weight
+    theta0 = s0[name.removeprefix("bert.")]
+    torch.testing.assert_close(got[name], theta0 + 0.5 * ((sa[name] - theta0) + (sb[name] - theta0)))
+    torch.testing.assert_close(got["classifier.weight"], (sa["classifier.weight"] + sb["classifier.weight"]) / 2)
+    assert any("not in the base" in n and "classifier" in n for n in report["notes"])
+    narrow = _backbone(tmp_path / "narrow", 2, hidden=16)
+    with pytest.raises(MergeError, match="hidden_size is 16.*fine-tuned from"):
+        merge_checkpoints("task_arithmetic", [a, b], tmp_path / "bad", base=narrow)
+    with pytest.raises(MergeError, match="the base has no parameter"):  # an in-memory merge stays strict
+        fk.merge("task_arithmetic", [sa, sb], base={k: v for k, v in sa.items() if "classifier" not in k})
+
+
 def test_regmean_on_checkpoints_measures_statistics_on_the_data(tmp_path):
     from safetensors.torch import load_file
 

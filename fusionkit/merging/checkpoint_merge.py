@@ -11,7 +11,9 @@ beside it, so ``out`` loads with ``from_pretrained``. ``data`` scores the merge 
 :func:`~fusionkit.data.tasks.task_from` holds out, a text file (one text per line) gives perplexity of a causal
 LM; each comparison carries a paired bootstrap interval. RegMean and Fisher measure their statistics on the
 data's training split for every model (each model's own data would be the paper's setting: say so in the note).
-``out`` is written atomically and never replaces an input.
+``out`` is written atomically and never replaces an input. The base may be the bare pretrained backbone the
+checkpoints came from (``BertModel``, no head - :func:`~fusionkit.models.checkpoints.base_from`): θ₀ of the body
+comes from it, and the heads, which it has no θ₀ for, are averaged (the recipe's notes say so).
 """
 from __future__ import annotations
 
@@ -25,12 +27,13 @@ from ..core.errors import MergeError, TaskError
 from ..core.intervals import paired_bootstrap
 from ..core.versioning import package_versions
 from ..data.tasks import task_from
-from ..models.checkpoints import INDEX, PICKLES, WEIGHTS, Checkpoint, expert_from
+from ..models.checkpoints import INDEX, PICKLES, WEIGHTS, Checkpoint, base_from, expert_from
 from ..models.experts import check_experts
 from ..models.heads import shared_label_space
 from .merge import merge_files
 from .registry import get_method
-from .safetensors_io import LazyState
+from .safetensors_io import LazyState, lazy_state
+from .statedict import Renamed, backbone_names
 
 
 def merge_checkpoints(method: str, models: list, out: str | Path, base=None, data: str | Path | None = None,
@@ -48,7 +51,7 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
         raise MergeError(f"{method} searches over a zoo's experts on dev data; fix: merge checkpoints with a "
                          "per-tensor method (fusionkit merge --list)")
     experts = [e if isinstance(e, Checkpoint) else expert_from(e) for e in models]
-    base_e = None if base is None else (base if isinstance(base, Checkpoint) else expert_from(base))
+    base_e = None if base is None else (base if isinstance(base, Checkpoint) else base_from(base, experts[0]))
     _check(experts, base_e, out, m, data)
     if eval_all and m.stats:
         raise MergeError(f"with eval_all every row of {data} is scored, so {m.name}'s {m.stats} statistics would be "
@@ -66,10 +69,12 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
     if "seed" in m.options:
         options["seed"] = seed
     t0 = time.perf_counter()
+    base_view = None if base_e is None else _base_view(base_e, experts[0])
     with atomic_dir(out, overwrite=overwrite) as tmp:
         res = merge_files(method, [[str(p) for p in e.weight_files] for e in experts], str(tmp / WEIGHTS),
-                          base=None if base_e is None else [str(p) for p in base_e.weight_files], stats=stats,
-                          labels=[e.name for e in experts], **options)
+                          base=base_view, stats=stats, labels=[e.name for e in experts],
+                          missing_base="average" if base_e is not None and base_e.kind == "backbone" else "error",
+                          **options)
         seconds = time.perf_counter() - t0
         _copy_side_files(experts[0].path, tmp)
         notes = list(res.notes)
@@ -92,6 +97,23 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
     return {**report, "out": str(out)}
 
 
+def _base_view(base: Checkpoint, first: Checkpoint):
+    """The base's tensors under the experts' names. A backbone (no head) is seen through
+    :func:`~fusionkit.merging.statedict.backbone_names`; what it lacks must be the experts' head, nothing else."""
+    state = lazy_state([str(p) for p in base.weight_files])
+    if base.kind != "backbone":
+        return state
+    names = list(lazy_state([str(p) for p in first.weight_files]))
+    view = Renamed(state, backbone_names(names, state))
+    heads = tuple(first.head_prefixes)
+    stray = [n for n in names if n not in view and not n.startswith(tuple(f"{h}." for h in heads))]
+    if stray:
+        raise MergeError(f"base {base.name} is a backbone without {stray[0]!r} (nor {len(stray) - 1} others), which "
+                         f"is not {first.name}'s head {list(heads)}; fix: pass the backbone {first.name} was "
+                         "fine-tuned from")
+    return view
+
+
 def _check(experts: list[Checkpoint], base: Checkpoint | None, out, m, data) -> None:
     check_experts(experts + ([base] if base is not None else []))
     kinds = {e.kind for e in experts}
@@ -106,7 +128,7 @@ def _check(experts: list[Checkpoint], base: Checkpoint | None, out, m, data) -> 
                          "models of one label space (or merge their bodies with merge_experts)")
     if m.needs_base and base is None:
         raise MergeError(f"{m.name} needs the base model θ₀ the checkpoints were fine-tuned from; fix: pass "
-                         "--base FOLDER (base= in Python), saved with the same head class as the models")
+                         "--base FOLDER (base= in Python): the checkpoint they were fine-tuned from, with or without its head")
     if m.stats and (data is None or first.kind != "classifier"):
         raise MergeError(f"{m.name} needs {m.stats} statistics measured on a classifier's labelled data; fix: pass "
                          "--data CSV for classifiers, or use a data-free method for causal LMs")
@@ -137,7 +159,7 @@ def _data(data, first: Checkpoint, eval_all: bool = False):
 def _score(experts, base, merged_state, task, texts, precision, max_length, device) -> dict:
     """Each system's score on the held-out data, and the merge minus each input with a paired interval."""
     systems = {"merged": dict(merged_state.items()), **{e.name: e.state_dict() for e in experts}}
-    if base is not None:
+    if base is not None and base.kind != "backbone":  # a backbone has no head to be scored with
         systems[f"base {base.name}"] = base.state_dict()
     model, tokenizer = experts[0].load(device)
     if task is not None:

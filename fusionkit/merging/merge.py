@@ -14,6 +14,7 @@ experts that share a label space.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -38,7 +39,8 @@ class MergeResult:
 def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
           stats: list[dict] | None = None, weights: Coefficients = None, filter: ParamFilter | None = None,
           names: list[str] | None = None, labels: list[str] | None = None, report: bool = False,
-          sink: Callable[[str, torch.Tensor], None] | None = None, **options) -> StateDict | MergeResult:
+          sink: Callable[[str, torch.Tensor], None] | None = None, missing_base: str = "error",
+          **options) -> StateDict | MergeResult:
     """Merge ``experts`` tensor by tensor with a registered method.
 
     Tensors that ``filter`` excludes are copied from ``base`` (or averaged when there is no base); integer
@@ -46,6 +48,8 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
     :class:`MergeResult` with the resolved options and any numerical notes (e.g. a ridge fallback).
     ``sink(name, tensor)``, if given, receives each merged tensor instead of the returned dict (streaming).
     Experts may be :class:`~fusionkit.merging.safetensors_io.LazyState` views: each tensor is read when it is merged.
+    ``missing_base="average"`` lets ``base`` lack some tensors (a bare backbone has no task head): those are
+    averaged, with a note; by default a tensor missing from the base is an error.
     """
     m = get_method(method)
     if m.level == "task":
@@ -68,7 +72,13 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
     names = list(names if names is not None else experts[0])
     if m.prepare is not None and stats is not None:
         stats = m.prepare(stats, names, opts)
-    check_compatible(experts + ([base] if base is not None else []), names, labels + ["base"] * (base is not None))
+    check_compatible(experts, names, labels)
+    unbased = [] if base is None else [n for n in names if n not in base]
+    if unbased and missing_base != "average":
+        raise MergeError(f"the base has no parameter {unbased[0]!r} (nor {len(unbased) - 1} others); fix: pass the "
+                         "model the experts were fine-tuned from, saved with the same architecture")
+    if base is not None:
+        check_compatible([experts[0], base], [n for n in names if n in base], [labels[0], "base"])
     filter = filter or ParamFilter()
     notes: list[str] = []
     averaged: list[str] = []  # tensors a statistics-based method had no statistics for
@@ -80,9 +90,11 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
         if not tensors[0].is_floating_point():
             _emit(out, sink, name, tensors[0].clone())
             continue
-        b = base[name] if base is not None else None
+        b = base[name] if base is not None and name not in unbased else None
         w = coefficients_for(name, weights, len(experts))
-        if not filter(name):
+        if name in unbased:  # no θ₀ for it (a backbone base has no head): the plain weighted average
+            merged = average(tensors, None, w, {})
+        elif not filter(name):
             merged = b.double() if b is not None else average(tensors, None, w, {})
         else:
             ctx = {"name": name, "notes": notes,
@@ -91,6 +103,9 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
                 averaged.append(name)
             merged = m.fn(tensors, b, w, ctx, **opts)
         _emit(out, sink, name, merged.to(tensors[0].dtype))
+    if unbased:
+        notes.append(f"{len(unbased)} tensors are not in the base (e.g. {unbased[0]!r}): averaged, since the base "
+                     "gives no θ₀ for them")
     if averaged:
         notes.append(f"{len(averaged)} tensors had no {m.stats} statistics and were simply averaged "
                      f"(e.g. {averaged[0]!r})")
@@ -108,9 +123,11 @@ def merge_files(method: str, experts: list, out: str, base=None, stats: list[dic
                 labels: list[str] | None = None, **options) -> MergeResult:
     """Merge safetensors files into a safetensors file, streaming: each tensor is read from every input,
     merged and written before the next is read, so memory stays near one tensor per input. Each input (and
-    ``base``) is one file or the list of a sharded checkpoint's files; the output is one file."""
+    ``base``) is one file or the list of a sharded checkpoint's files (``base`` also a ready mapping of
+    tensors); the output is one file."""
     states = [lazy_state(p) for p in experts]
-    base_state = lazy_state(base) if base is not None else None
+    # ``base`` may also be a ready view (statedict.Renamed: a bare backbone under the experts' names)
+    base_state = None if base is None else base if isinstance(base, Mapping) else lazy_state(base)
     ref = states[0]
     layout = {n: (ref.dtype_name(n), ref.shape(n)) for n in ref}
     with SafetensorsWriter(out, layout, metadata={"format": "pt", "merge_method": method}) as writer:

@@ -8,6 +8,7 @@ a live model's ``state_dict()`` and to tensors read lazily from safetensors file
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -84,4 +85,38 @@ def unflatten(vector: torch.Tensor, like: StateDict, names: list[str]) -> StateD
 
 def shape_of(state, name: str) -> tuple[int, ...]:
     """A tensor's shape without reading it (from the header of a :class:`LazyState`)."""
-    return state.shape(name) if isinstance(state, LazyState) else tuple(state[name].shape)
+    return state.shape(name) if isinstance(state, (LazyState, Renamed)) else tuple(state[name].shape)
+
+
+class Renamed(Mapping):
+    """A read-only view of ``state`` under other names: ``view[name]`` is ``state[names[name]]`` (a bare backbone
+    seen with a task model's names, e.g. ``bert.encoder…`` → ``encoder…``). Shapes come from the source."""
+
+    def __init__(self, state, names: dict[str, str]):
+        self.state, self.names = state, names
+
+    def __getitem__(self, name: str):
+        return self.state[self.names[name]]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return shape_of(self.state, self.names[name])
+
+
+def backbone_names(model_names, backbone_names) -> dict[str, str]:
+    """Which backbone tensor each of a task model's tensors is: the same name, or the name without the model's
+    backbone prefix (``bert.embeddings.word_embeddings.weight`` → ``embeddings.word_embeddings.weight``). Names
+    with no counterpart (the task head) are left out."""
+    have = set(backbone_names)
+    out = {}
+    for n in model_names:
+        if n in have:
+            out[n] = n
+        elif "." in n and n.split(".", 1)[1] in have:
+            out[n] = n.split(".", 1)[1]
+    return out

@@ -105,6 +105,27 @@ def expert_from(source: str | Path, task=None, name: str | None = None) -> Check
     return Checkpoint(name or path.name, path, recipe)
 
 
+def base_from(source: str | Path, like: Checkpoint, name: str | None = None) -> Checkpoint:
+    """θ₀ for merging checkpoints like ``like``: a checkpoint of the same architecture (:func:`expert_from`), or the
+    bare pretrained backbone they were fine-tuned from (e.g. ``BertModel``, saved without a task head - what a hub
+    base usually is). A backbone must match the experts' model type, vocabulary and width; its ``kind`` is
+    ``"backbone"`` and it has no head: the merge then takes θ₀ from it for the body and averages the heads."""
+    path = _local_folder(str(source))
+    config = json.loads((path / "config.json").read_text())
+    arch = (config.get("architectures") or [""])[0]
+    if any(arch.endswith(suffix) for suffix in KINDS):
+        return expert_from(path, name=name)
+    _check_weights(path)
+    theirs = json.loads((like.path / "config.json").read_text())
+    for key in ("model_type", "vocab_size", "hidden_size", "num_hidden_layers"):
+        if config.get(key) != theirs.get(key):
+            raise MergeError(f"base {source}: {key} is {config.get(key)!r} but {like.name}'s is {theirs.get(key)!r}; "
+                             f"fix: pass the model {like.name} was fine-tuned from")
+    recipe = {"kind": "backbone", "task": None, "labels": None, "head_prefixes": [], "base": like.recipe["base"],
+              "source": str(source), "scores": {}}
+    return Checkpoint(name or path.name, path, recipe)
+
+
 def _local_folder(source: str) -> Path:
     path = Path(source).expanduser()
     if path.is_dir():
