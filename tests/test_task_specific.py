@@ -125,3 +125,26 @@ def test_task_level_merges_need_one_expert_per_task_and_cannot_seed_a_student(ti
         merge_zoo("emr", zoo)
     with pytest.raises(FusionkitError, match="its own body.*single-model merge"):
         start_of(tiny_zoo, merge_zoo("emr", tiny_zoo))
+
+
+def test_save_merged_writes_one_folder_per_task_and_the_compact_file(tiny_zoo, tmp_path):
+    import json
+
+    from fusionkit.merging.export import save_merged
+    from fusionkit.merging.task_models import FILE
+    from fusionkit.models.heads import base_state
+
+    merged = merge_zoo("emr", tiny_zoo)
+    out = save_merged(merged, tmp_path / "emr")
+    recipe = json.loads((out / "recipe.json").read_text())
+    assert recipe["storage"] == merged.task_models.storage() and not (out / "mergekit.yml").exists()
+    parts = load_task_models(out / FILE)
+    theta0 = base_state(tiny_zoo.base, tiny_zoo.experts[0].recipe["labels"], 0)
+    for t in tiny_zoo.tasks:
+        from safetensors.torch import load_file
+
+        saved = load_file(out / t / "model.safetensors")
+        rebuilt = parts.state(t, theta0)
+        for n, v in merged.bodies[t].items():
+            torch.testing.assert_close(saved[n], v)
+            torch.testing.assert_close(rebuilt[n], v)
