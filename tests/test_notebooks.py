@@ -148,3 +148,24 @@ def test_02_landscape(tmp_path):
     # computed "what to notice": the average's mean loss below each expert's, RegMean > TIES > average off the
     # plane, a random step longer than the way between experts, a mix of three experts above every corner
     assert rec["notices"] == [True] * 5, rec["notices"]
+
+
+@pytest.mark.notebook
+def test_08_modern_merges(tmp_path):
+    rec = run_smoke("08_", tmp_path)
+    # the notebook asserts EMR, TALL and ISO-C by hand equal the kit on a real tensor
+    means = rec["mean_test"]
+    assert set(means) >= {"average", "task_arithmetic", "emr", "tall_masks", "tall_masks (λ per task on dev)"}
+    assert all(0.1 < v <= 1.0 for v in means.values())
+    claims = rec["claims"]
+    for name, c in claims.items():
+        assert c["lo"] <= c["diff"] <= c["hi"] and c["n"] == 5 * rec["test_examples"], name
+    # one mask per task gets back most of what a single model loses (+22 points on the full test splits): an EMR
+    # whose masks kept everything, or whose election averaged, would not clear task arithmetic
+    for name in ("emr > task arithmetic", "tall_masks (λ per task on dev) > task arithmetic"):
+        assert claims[name]["verdict"] == "reproduces" and claims[name]["diff"] > 0.1, claims[name]
+    assert rec["notices"] == [True, True], rec["notices"]
+    assert 0.02 < rec["per_task_fraction"] < 0.04  # a bit per parameter: about 1/32 of a float32 expert
+    assert all(0.3 < s < 3 for s in rec["emr_scales"]) and len(set(rec["emr_scales"])) > 1
+    assert set(rec["tall_chosen"]) == {"sentiment", "subjectivity", "topic", "reuters", "author"}
+    assert rec["flatness_iso"] < 1.05 < rec["flatness_sum"]  # ISO-C's spectrum is flat, the sum's is not

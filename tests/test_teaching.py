@@ -65,6 +65,14 @@ def barrier(ts, losses):
     return max(v for _, v in inside) - ends
 
 
+def emr(taus, elect="max"):
+    sign = torch.sign(taus.sum(0))
+    agree = taus * sign > 0
+    uni = sign * ((taus.abs() * agree).amax(0) if elect == "max" else (taus.abs() * agree).sum(0) / agree.sum(0).clamp_min(1))
+    masks = [t * uni > 0 for t in taus]
+    return uni, masks, [float(t.abs().sum() / (m * uni).abs().sum()) for t, m in zip(taus, masks)]
+
+
 def plane_coordinates(o, a, b, m, orthogonalise=True):
     u = (a - o) / (a - o).norm()
     w = (b - o) - ((b - o) @ u) * u if orthogonalise else b - o
@@ -90,6 +98,8 @@ def plane_coordinates(o, a, b, m, orthogonalise=True):
     (checkers.check_crossover, crossover, lambda p, d, cr: crossover(p, d, cr, j_rand=False)),
     (checkers.check_crossover, crossover, lambda p, d, cr: crossover(p, d, 1 - cr)),
     (checkers.check_barrier, barrier, lambda ts, ls: max(ls) - (ls[5] + ls[15]) / 2),  # t outside [0, 1] counted
+    (checkers.check_emr, emr, lambda taus: emr(taus, elect="mean")),  # the mean of the agreeing, not the max
+    (checkers.check_emr, emr, lambda taus: (*emr(taus)[:2], [1.0] * len(taus))),  # no rescaler
 ])
 def test_checker_accepts_the_method_and_rejects_a_mistake(check, right, wrong):
     assert check(right).startswith("✓")

@@ -77,6 +77,26 @@ def check_ties(fn: Callable, trials: int = 5, seed: int = 0) -> str:
     return _ok("check_ties", trials, "fusionkit.merge('ties')")
 
 
+def check_emr(fn: Callable, trials: int = 5, seed: int = 0) -> str:
+    """``fn(taus) -> (unified, masks, scales)`` on stacked task vectors ``[k, n]``: EMR-merging's elected vector,
+    one 0/1 mask per task and each task's rescaler (Σ|τᵢ| / Σ|Mᵢ ⊙ τ_uni|)."""
+    from ..merging.task_models import merge_task_specific
+
+    for i, gen in _cases(seed, trials):
+        k = 2 + i % 3
+        taus = torch.randn(k, 12, generator=gen)
+        want = merge_task_specific("emr", [{"w": t} for t in taus], {"w": torch.zeros(12)})
+        got = fn(taus.clone())
+        if not isinstance(got, tuple) or len(got) != 3:
+            raise AssertionError(f"check_emr: case {i}: return (unified, masks, scales), got {type(got).__name__}")
+        uni, masks, scales = got
+        _close("check_emr", i, uni, want.shared["w"], what=" (the unified vector)")
+        _close("check_emr", i, torch.stack([torch.as_tensor(m) for m in masks]).double(),
+               torch.stack([m["w"] for m in want.masks]).double(), what=" (the masks)")
+        _close("check_emr", i, torch.as_tensor(scales), torch.tensor(want.scales), atol=1e-4, what=" (the rescalers)")
+    return _ok("check_emr", trials, "fusionkit.merge_task_specific('emr')")
+
+
 def check_dare(fn: Callable, p: float = 0.7, draws: int = 400, seed: int = 0) -> str:
     """``fn(tau, p)``: DARE's drop and rescale. Every entry is 0 or τ/(1−p); about a fraction p is dropped; and
     the mean over many draws is τ itself (the rescaling makes the drop unbiased)."""
