@@ -192,8 +192,8 @@ def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evalua
         "chance": {t: round(task.chance("test"), 4) for t, task in zoo.tasks.items()},
         "notes": merged.notes, "merge_seconds": round(merged.seconds, 2),
     }
-    if merged.trace is not None:
-        report["soup_trace"] = merged.trace
+    if merged.trace is not None:  # what a dev-data method tried: the soup's steps, AdaMerging's entropy per step
+        report["trace"] = merged.trace
     if merged.task_models is not None:
         report["storage"] = merged.task_models.storage()
     return merged, report
