@@ -56,7 +56,7 @@ def list_methods(args) -> int:
     for r in rows:
         needs = ", ".join(filter(None, ["base" if r["needs_base"] else "", r["stats"] and f"{r['stats']} stats",
                                         r["n_experts"] and f"exactly {r['n_experts']} experts",
-                                        r["level"] == "zoo" and "a zoo and its dev data",
+                                        r["level"] == "zoo" and "a zoo and its data",
                                         r["level"] == "task" and "experts of distinct tasks; one model per task"]))
         print(f"{r['method']:<16} {r['summary']}" + (f"  [needs {needs}]" if needs else ""))
         for k, o in r["options"].items():

@@ -9,7 +9,8 @@ wᵢ coefficients). Importing this package registers them all in :mod:`fusionkit
 * :mod:`.svd`       - TSV-M, ISO-C, ISO-CTS: task matrices merged through their singular value decompositions
 * :mod:`.masks`     - EMR-merging, TALL masks (one light model per task), consensus merging
 * :mod:`.fisher`    - Fisher-weighted averaging (diagonal Fisher statistics)
-* :mod:`.regmean`   - RegMean's closed form per linear layer (input Gram statistics)
+* :mod:`.regmean`   - RegMean's closed form per linear layer (input Gram statistics); RegMean++ (zoo level:
+  each block's statistics measured through the merged blocks below it)
 * :mod:`.soups`     - greedy soup (zoo level: scores its soups on dev data)
 * :mod:`.adamerging` - AdaMerging (zoo level: task arithmetic's λ learned by entropy minimisation on dev text)
 """
