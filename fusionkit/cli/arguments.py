@@ -41,7 +41,12 @@ def merge(m) -> None:
     from ..models.zoo import ZOOS
 
     m.add_argument("--list", action="store_true", help="list the methods and their options")
-    m.add_argument("--json", action="store_true", help="with --list: one JSON object")
+    m.add_argument("--json", action="store_true", help="with --list or --config: one JSON object")
+    c = m.add_argument_group("a mergekit config (fusionkit merge --config FILE.yml --out DIR [--data F])")
+    c.add_argument("--config", metavar="FILE.yml", help="run a mergekit config with the kit (the methods both have)")
+    c.add_argument("--out", dest="config_out", metavar="DIR", help="with --config: the merged model folder")
+    c.add_argument("--data", dest="config_data", metavar="FILE", help="with --config: score on a CSV or text file")
+    c.add_argument("--overwrite", dest="config_overwrite", action="store_true", help="with --config: replace --out")
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("zoo and output")
     g.add_argument("--zoo", choices=sorted(ZOOS), default="multitask")

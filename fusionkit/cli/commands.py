@@ -66,6 +66,8 @@ def list_methods(args) -> int:
 
 
 def merge(args) -> int:
+    if getattr(args, "config", None):
+        return _merge_config(args)
     if args.list or not args.method:
         return list_methods(args)
     from ..merging.registry import get_method
@@ -120,6 +122,31 @@ def merge(args) -> int:
         print("note:", note)
     if args.out:
         print(f"saved to {args.out}")
+    return 0
+
+
+def _merge_config(args) -> int:
+    """``fusionkit merge --config FILE.yml --out DIR``: a mergekit config run by the kit on the folders it names."""
+    from ..merging.checkpoint_merge import merge_checkpoints
+    from ..merging.mergekit_import import from_mergekit
+
+    if getattr(args, "method", None):
+        raise FusionkitError("--config names its own method; fix: drop the METHOD argument")
+    if not args.config_out:
+        raise FusionkitError("--config writes a model folder; fix: add --out DIR")
+    plan = from_mergekit(args.config)
+    quiet_transformers()
+    options = dict(plan["options"], **({"weights": plan["weights"]} if plan["weights"] else {}))
+    report = merge_checkpoints(plan["method"], plan["models"], args.config_out, base=plan["base"],
+                               data=args.config_data, overwrite=args.config_overwrite, **options)
+    report["config"] = {"file": str(args.config), **plan}
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{args.config}: {plan['method']} {report['options']} of {len(plan['models'])} models -> "
+              f"{args.config_out} ({report['seconds']} s)")
+        for note in report["notes"]:
+            print("note:", note)
     return 0
 
 
