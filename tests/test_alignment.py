@@ -99,13 +99,19 @@ def permute_residual(state: dict, seed: int) -> dict:
     return out
 
 
-def test_the_residual_stream_is_aligned_back_by_coordinate_descent():
+def fully_permuted(heads: bool = True):
+    """A tiny BERT, its original state, and a copy with its units, (heads) and residual stream reordered."""
     model = tiny_bert(0)
     ref = clone(model.state_dict())
     with torch.no_grad():
         permute_ffn_units(model, seed=3)
-    permute_heads(model, seed=4)
-    shuffled = permute_residual(clone(model.state_dict()), seed=5)
+    if heads:
+        permute_heads(model, seed=4)
+    return model, ref, permute_residual(clone(model.state_dict()), seed=5)
+
+
+def test_the_residual_stream_is_aligned_back_by_coordinate_descent():
+    model, ref, shuffled = fully_permuted()
     assert torch.allclose(outputs(model, ref), outputs(model, shuffled), atol=1e-5)  # still the same function
     blocks_only = weight_matching(ref, shuffled, num_heads=HEADS)
     assert not torch.equal(blocks_only.state["bert.embeddings.word_embeddings.weight"],
@@ -136,11 +142,7 @@ def random_inputs(seed: int = 0, batches: int = 3):
 
 
 def test_activation_matching_recovers_a_permuted_copy_from_what_the_units_compute():
-    model = tiny_bert(0)
-    ref = clone(model.state_dict())
-    with torch.no_grad():
-        permute_ffn_units(model, seed=3)
-    shuffled = permute_residual(clone(model.state_dict()), seed=5)
+    model, ref, shuffled = fully_permuted(heads=False)  # heads: weight matching's job
     result = activation_matching(model, ref, shuffled, random_inputs(), residual=True)
     assert all(torch.equal(result.state[n], ref[n]) for n in ref), "activation matching did not recover the original"
     assert result.moved["residual"] > 0 and sum(v for k, v in result.moved.items() if k.endswith(":ffn")) > 0
