@@ -12,6 +12,8 @@
     fusionkit distill-zoo [--zoo Z] [--experts A B] [--texts FILE] [--init METHOD] [--steps N] [--json]
                                                       distil a zoo's experts into one student on unlabeled text;
                                                       its scores beside its start, and its cost
+    fusionkit stats gram|fisher --model PATH --data CSV --out FILE
+                                                      statistics a model's author can publish (RegMean, Fisher)
     fusionkit tour --profile smoke|full               execute every notebook headlessly and print a table
     fusionkit cache list|verify|prune|path [options]  what the cache holds, whether it is whole, reclaim space
 
@@ -39,6 +41,7 @@ COMMANDS = {
     "search": "search merge weights without gradients: DFWE (nevergrad) or the Evolver",
     "distill": "teach new entities by context distillation; before/after/baseline table",
     "distill-zoo": "distil a zoo's experts into one student on unlabeled text; scores beside its start and cost",
+    "stats": "measure a model's Gram or Fisher statistics into a file others can merge with (no data needed)",
     "tour": "execute every notebook with papermill and print a table",
     "cache": "list, verify or prune the cache of models, experts and statistics; print its path",
 }

@@ -55,6 +55,8 @@ def merge(m) -> None:
                    "folders or hub ids) instead of a zoo; needs --out")
     g.add_argument("--base", metavar="FOLDER", help="with --models: the model they were fine-tuned from (θ₀)")
     g.add_argument("--data", metavar="FILE", help="with --models: score on a CSV (text,label) or a text file (LMs)")
+    g.add_argument("--stats", nargs="+", metavar="FILE", help="with --models (regmean, fisher): published statistics "
+                   "files, one per model in order (fusionkit stats), instead of measuring them on --data")
     g.add_argument("--eval-all", action="store_true",
                    help="with --data CSV: score every row (a scoring-only file) instead of the held-out split")
     profile(g)
@@ -185,3 +187,17 @@ def cache(c) -> None:
     p.add_argument("--max-size", help="remove least recently used artefacts until the rest fit (500MB, 2GB)")
     p.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     actions.add_parser("path", help="print the cache folder (or one kind's)").add_argument("sub", nargs="?")
+
+
+def stats(s) -> None:
+    from ..merging.methods.fisher import VARIANTS
+
+    s.add_argument("kind", choices=["gram", "fisher"], help="gram: RegMean's input Gram matrices; fisher: diagonal Fisher")
+    s.add_argument("--model", required=True, metavar="FOLDER", help="the checkpoint (save_pretrained folder or hub id)")
+    s.add_argument("--data", required=True, metavar="CSV", help="its training data: text and label columns")
+    s.add_argument("--out", required=True, metavar="FILE.safetensors", help="the statistics file to write")
+    s.add_argument("--examples", type=int, help="training examples to measure on (default: the measure's own)")
+    s.add_argument("--max-length", type=int, default=128)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--variant", choices=VARIANTS, default="sample", help="fisher: the label of log p(y|x)")
+    s.add_argument("--json", action="store_true")

@@ -87,9 +87,9 @@ def merge(args) -> int:
         given["fisher_variant"] = args.fisher_variant
     if args.models:
         return _merge_checkpoints(args, given)
-    if args.base or args.data or args.eval_all:
-        raise FusionkitError("--base, --data and --eval-all go with --models (your own checkpoints); fix: add "
-                             "--models A B ...")
+    if args.base or args.data or args.eval_all or args.stats:
+        raise FusionkitError("--base, --data, --stats and --eval-all go with --models (your own checkpoints); fix: "
+                             "add --models A B ...")
     zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
     experts = [e.strip() for e in args.experts.split(",")] if args.experts else None
     merged, report = merge_report(args.method, zoo, experts, zoo.evaluator(args.precision), seed=args.seed, **given)
@@ -161,7 +161,7 @@ def _merge_checkpoints(args, given: dict) -> int:
         raise FusionkitError("--eval-all scores every row of --data; fix: add --data FILE")
     report = merge_checkpoints(args.method, args.models, args.out, base=args.base, data=args.data,
                                overwrite=args.overwrite, seed=args.seed, precision=args.precision,
-                               eval_all=args.eval_all, **given)
+                               eval_all=args.eval_all, stats_files=args.stats, **given)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -333,3 +333,18 @@ def cache(args) -> int:
         text = inventory.format_prune(rows, args.dry_run)
     print(json.dumps(rows, indent=2) if args.json else text)
     return 1 if args.action == "verify" and any(r["state"] in ("damaged", "missing") for r in rows) else 0
+
+
+def stats(args) -> int:
+    """``fusionkit stats gram|fisher --model PATH --data CSV --out FILE``: publishable statistics of one model."""
+    from ..merging.stats_files import measure_to_file
+
+    quiet_transformers()
+    report = measure_to_file(args.kind, args.model, args.data, args.out, examples=args.examples,
+                             max_length=args.max_length, seed=args.seed, variant=args.variant)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(f"{report['kind']} statistics of {report['model']} ({report['tensors']} tensors, "
+              f"{report['examples']} examples) -> {report['out']}")
+    return 0

@@ -38,7 +38,7 @@ from .statedict import Renamed, backbone_names
 
 def merge_checkpoints(method: str, models: list, out: str | Path, base=None, data: str | Path | None = None,
                       overwrite: bool = False, seed: int = 0, precision: str = "float32", max_length: int = 128,
-                      device="auto", eval_all: bool = False, **options) -> dict:
+                      device="auto", eval_all: bool = False, stats_files: list | None = None, **options) -> dict:
     """Merge checkpoint folders with a registered per-tensor method into ``out``; score on ``data`` if given -
     on the split :func:`~fusionkit.data.tasks.task_from` holds out, or with ``eval_all`` on every row (a
     scoring-only file, e.g. a benchmark's test set, that no model trained on)."""
@@ -52,8 +52,13 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
                          "per-tensor method (fusionkit merge --list)")
     experts = [e if isinstance(e, Checkpoint) else expert_from(e) for e in models]
     base_e = None if base is None else (base if isinstance(base, Checkpoint) else base_from(base, experts[0]))
-    _check(experts, base_e, out, m, data)
-    if eval_all and m.stats:
+    if stats_files is not None and not m.stats:
+        raise MergeError(f"{method} uses no statistics; fix: drop --stats, or merge with regmean / fisher")
+    if stats_files is not None and len(stats_files) != len(experts):
+        raise MergeError(f"got {len(stats_files)} statistics files for {len(experts)} models; fix: one per model, "
+                         "in the order of --models")
+    _check(experts, base_e, out, m, data if stats_files is None else "stats files")
+    if eval_all and m.stats and stats_files is None:
         raise MergeError(f"with eval_all every row of {data} is scored, so {m.name}'s {m.stats} statistics would be "
                          "measured on the rows it is scored on; fix: drop --eval-all (statistics on the training "
                          "split, scores on the held-out one) or use a data-free method")
@@ -61,7 +66,12 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
     if data is not None:
         task, texts = _data(data, experts[0], eval_all)
     stats = None
-    if m.stats:
+    if stats_files is not None:  # published statistics instead of data: each checked against its model's hash
+        from .stats_files import load_stats
+
+        stats = [load_stats(f, m.stats, e)[0] for f, e in zip(stats_files, experts)]
+        options.pop("fisher_variant", None)
+    elif m.stats:
         from .statistics import expert_stats
 
         extra = {"variant": options.pop("fisher_variant", "sample")} if m.stats == "fisher" else {}
@@ -78,7 +88,9 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
         seconds = time.perf_counter() - t0
         _copy_side_files(experts[0].path, tmp)
         notes = list(res.notes)
-        if m.stats:
+        if stats_files is not None:
+            notes.append(f"{m.stats} statistics read from {', '.join(str(f) for f in stats_files)}")
+        elif m.stats:
             notes.append(f"{m.stats} statistics of every model were measured on the training split of {data} "
                          "(the paper measures each model on its own training data)")
         scores = None if data is None else _score(experts, base_e, LazyState(tmp / WEIGHTS), task, texts,
@@ -131,7 +143,8 @@ def _check(experts: list[Checkpoint], base: Checkpoint | None, out, m, data) -> 
                          "--base FOLDER (base= in Python): the checkpoint they were fine-tuned from, with or without its head")
     if m.stats and (data is None or first.kind != "classifier"):
         raise MergeError(f"{m.name} needs {m.stats} statistics measured on a classifier's labelled data; fix: pass "
-                         "--data CSV for classifiers, or use a data-free method for causal LMs")
+                         "--data CSV for classifiers (or --stats FILES written by fusionkit stats), or use a data-free "
+                         "method for causal LMs")
     target = Path(out).resolve()
     for e in experts + ([base] if base is not None else []):
         if target == e.path.resolve() or e.path.resolve() in target.parents:
