@@ -302,14 +302,36 @@ def test_bad_checkpoint_merges_are_one_line(tmp_path):
     with pytest.raises(MergeError, match="inside.*new folder"):
         merge_checkpoints("average", [a, b], a / "merged")
     other = _classifier(tmp_path / "topic", 3, labels=("sports", "world"))
-    with pytest.raises(MergeError, match="different classes"):
-        merge_checkpoints("average", [a, other], tmp_path / "m")
+    with pytest.raises(MergeError, match="one file of data cannot score them all"):
+        merge_checkpoints("average", [a, other], tmp_path / "m", data=_csv(tmp_path))
     lm = _causal(tmp_path / "lm", 0)
     with pytest.raises(MergeError):
         merge_checkpoints("average", [a, lm], tmp_path / "m2")
     with pytest.raises(TaskError, match="CSV"):
         merge_checkpoints("average", [a, b], tmp_path / "m3", data=tmp_path / "notes.txt")
     assert not (tmp_path / "m").exists() and not (tmp_path / "m3").exists()
+
+
+def test_models_of_different_label_spaces_merge_their_bodies_and_keep_their_heads(tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    from fusionkit.merging.checkpoint_merge import merge_checkpoints
+
+    a = _classifier(tmp_path / "reviews", 0)
+    topic = _classifier(tmp_path / "topic", 3, labels=("sports", "world", "tech"))
+    report = merge_checkpoints("average", [a, topic], tmp_path / "m")
+    assert report["folders"] == ["reviews", "topic"] and any("own head" in n for n in report["notes"])
+    sa, st = load_file(a / "model.safetensors"), load_file(topic / "model.safetensors")
+    for name, src in (("reviews", sa), ("topic", st)):
+        got = load_file(tmp_path / "m" / name / "model.safetensors")
+        assert set(got) == set(src)
+        torch.testing.assert_close(got["classifier.weight"], src["classifier.weight"])  # its own head
+        body = "bert.encoder.layer.0.attention.self.query.weight"
+        torch.testing.assert_close(got[body], (sa[body] + st[body]) / 2)  # one merged body
+        model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "m" / name)
+        assert model.config.num_labels == len(src["classifier.bias"])
+    assert not (tmp_path / "m" / "body.safetensors").exists()
 
 
 def test_cli_merges_checkpoints_and_prints_json(tmp_path, capsys):

@@ -2,9 +2,10 @@
 
     report = merge_checkpoints("ties", ["runs/a", "runs/b"], "runs/merged", base="runs/base", data="dev.csv")
 
-The checkpoints (:func:`~fusionkit.models.checkpoints.expert_from`) are merged whole - body and head - since
-they must share one architecture and, for classifiers, one label space (checked first, naming the first
-mismatch); tensors stream from their safetensors files into ``out/model.safetensors``
+The checkpoints (:func:`~fusionkit.models.checkpoints.expert_from`) must share one architecture (checked first,
+naming the first mismatch). Classifiers of one label space are merged whole - body and head; classifiers of
+different label spaces merge their bodies and each keeps its own head, one loadable folder per model
+(``out/<model>/``), as the zoo merges do (:mod:`fusionkit.models.heads`). Tensors stream from their safetensors files into ``out/model.safetensors``
 (:func:`~fusionkit.merging.merge.merge_files`), and the first checkpoint's config and tokenizer files are copied
 beside it, so ``out`` loads with ``from_pretrained``. ``data`` scores the merge against every input: a CSV
 (``text``, ``label`` columns; labels named as in the models' ``id2label``) gives test accuracy on the split
@@ -32,7 +33,7 @@ from ..models.experts import check_experts
 from ..models.heads import shared_label_space
 from .merge import merge_files
 from .registry import get_method
-from .safetensors_io import LazyState, lazy_state
+from .safetensors_io import LazyState, SafetensorsWriter, lazy_state
 from .statedict import Renamed, backbone_names
 
 
@@ -57,7 +58,7 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
     if stats_files is not None and len(stats_files) != len(experts):
         raise MergeError(f"got {len(stats_files)} statistics files for {len(experts)} models; fix: one per model, "
                          "in the order of --models")
-    _check(experts, base_e, out, m, data if stats_files is None else "stats files")
+    _check(experts, base_e, out, m, data, published_stats=stats_files is not None)
     if eval_all and m.stats and stats_files is None:
         raise MergeError(f"with eval_all every row of {data} is scored, so {m.name}'s {m.stats} statistics would be "
                          "measured on the rows it is scored on; fix: drop --eval-all (statistics on the training "
@@ -80,14 +81,24 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
         options["seed"] = seed
     t0 = time.perf_counter()
     base_view = None if base_e is None else _base_view(base_e, experts[0])
+    bodies = experts[0].kind == "classifier" and not shared_label_space(experts)
+    if bodies:  # different label spaces: merge the bodies, each model keeps its own head (as zoo merges do)
+        heads = tuple(f"{h}." for h in experts[0].head_prefixes)
+        options["names"] = [n for n in lazy_state([str(p) for p in experts[0].weight_files]) if not n.startswith(heads)]
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        res = merge_files(method, [[str(p) for p in e.weight_files] for e in experts], str(tmp / WEIGHTS),
+        target = tmp / ("body.safetensors" if bodies else WEIGHTS)
+        res = merge_files(method, [[str(p) for p in e.weight_files] for e in experts], str(target),
                           base=base_view, stats=stats, labels=[e.name for e in experts],
                           missing_base="average" if base_e is not None and base_e.kind == "backbone" else "error",
                           **options)
+        folders = _per_model_folders(experts, target, tmp) if bodies else None
         seconds = time.perf_counter() - t0
-        _copy_side_files(experts[0].path, tmp)
+        if not bodies:
+            _copy_side_files(experts[0].path, tmp)
         notes = list(res.notes)
+        if bodies:
+            notes.append(f"the models predict different label sets, so their bodies were merged and each kept its own "
+                         f"head: one loadable folder per model ({', '.join(folders)})")
         if stats_files is not None:
             notes.append(f"{m.stats} statistics read from {', '.join(str(f) for f in stats_files)}")
         elif m.stats:
@@ -102,11 +113,35 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
             "base": None if base_e is None else base_e.recipe["source"], "data": None if data is None else str(data),
             "scored_on": None if data is None else "every row" if eval_all or task is None else "held-out split",
             "scores": scores, "notes": notes, "seconds": round(seconds, 2), "versions": package_versions(),
+            **({"heads": "kept per model", "folders": folders} if bodies else {}),
         }
         write_json(tmp / "recipe.json", report)
         manifest.record(tmp, True, f"merged checkpoint: {method} of {', '.join(e.name for e in experts)}",
                         fix=f"the kit does not rebuild your outputs: merge again into {out} with --overwrite")
     return {**report, "out": str(out)}
+
+
+def _per_model_folders(experts: list[Checkpoint], body_file: Path, tmp: Path) -> list[str]:
+    """``tmp/<model>/``: the merged body and that model's own head, streamed tensor by tensor, with its config and
+    tokenizer files, so each loads with ``from_pretrained``. The shared body file is removed afterwards."""
+    body = LazyState(body_file)
+    names: list[str] = []
+    for e in experts:
+        name = e.name if e.name not in names else f"{e.name}-{len(names)}"
+        names.append(name)
+        own = lazy_state([str(p) for p in e.weight_files])
+        head = [n for n in own if n not in body]
+        layout = {n: (body.dtype_name(n), body.shape(n)) for n in body}
+        layout.update({n: (own.dtype_name(n), own.shape(n)) for n in head})
+        (tmp / name).mkdir()
+        with SafetensorsWriter(tmp / name / WEIGHTS, layout, metadata={"format": "pt"}) as writer:
+            for n in body:
+                writer.write(n, body[n])
+            for n in head:
+                writer.write(n, own[n])
+        _copy_side_files(e.path, tmp / name)
+    body_file.unlink()
+    return names
 
 
 def _base_view(base: Checkpoint, first: Checkpoint):
@@ -126,22 +161,23 @@ def _base_view(base: Checkpoint, first: Checkpoint):
     return view
 
 
-def _check(experts: list[Checkpoint], base: Checkpoint | None, out, m, data) -> None:
+def _check(experts: list[Checkpoint], base: Checkpoint | None, out, m, data, published_stats: bool = False) -> None:
     check_experts(experts + ([base] if base is not None else []))
     kinds = {e.kind for e in experts}
     if len(kinds) > 1:
         raise MergeError(f"the models mix kinds {sorted(kinds)}; fix: merge classifiers with classifiers, "
                          "causal LMs with causal LMs")
     first = experts[0]
-    if not shared_label_space(experts):
+    if not shared_label_space(experts) and data is not None:
         e = next(e for e in experts if e.recipe["labels"] != first.recipe["labels"])
-        raise MergeError(f"{e.name} predicts {e.recipe['labels']} but {first.name} {first.recipe['labels']}: "
-                         "whole-model merging would average rows that mean different classes; fix: merge "
-                         "models of one label space (or merge their bodies with merge_experts)")
+        raise MergeError(f"{e.name} predicts {e.recipe['labels']} but {first.name} {first.recipe['labels']}, so "
+                         f"their bodies are merged and each keeps its head, and one file of data cannot score "
+                         f"them all; fix: drop --data and score each output folder on its own data "
+                         "(fk.evaluate), or merge models of one label space")
     if m.needs_base and base is None:
         raise MergeError(f"{m.name} needs the base model θ₀ the checkpoints were fine-tuned from; fix: pass "
                          "--base FOLDER (base= in Python): the checkpoint they were fine-tuned from, with or without its head")
-    if m.stats and (data is None or first.kind != "classifier"):
+    if m.stats and ((data is None and not published_stats) or first.kind != "classifier"):
         raise MergeError(f"{m.name} needs {m.stats} statistics measured on a classifier's labelled data; fix: pass "
                          "--data CSV for classifiers (or --stats FILES written by fusionkit stats), or use a data-free "
                          "method for causal LMs")

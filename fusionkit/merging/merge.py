@@ -129,7 +129,7 @@ def merge_files(method: str, experts: list, out: str, base=None, stats: list[dic
     # ``base`` may also be a ready view (statedict.Renamed: a bare backbone under the experts' names)
     base_state = None if base is None else base if isinstance(base, Mapping) else lazy_state(base)
     ref = states[0]
-    layout = {n: (ref.dtype_name(n), ref.shape(n)) for n in ref}
+    layout = {n: (ref.dtype_name(n), ref.shape(n)) for n in options.get("names") or ref}
     with SafetensorsWriter(out, layout, metadata={"format": "pt", "merge_method": method}) as writer:
         return merge(method, states, base=base_state, stats=stats, report=True, sink=writer.write,
                      labels=labels or [s.path for s in states], **options)
