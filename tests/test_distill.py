@@ -180,6 +180,34 @@ def test_probe_scores_and_metrics(model, tok):
     assert DriftMeter(model, tok, ["the cat barks ."])(model) == pytest.approx(0.0, abs=1e-6)
 
 
+def _one_pass_each(model, ids_pre, cands):
+    """Each candidate's summed log-prob from its own full forward pass over prefix + candidate."""
+    out = []
+    for c in cands:
+        ids = torch.tensor([ids_pre + c])
+        logp = F.log_softmax(model(input_ids=ids).logits[0].float(), -1)
+        out.append(sum(float(logp[len(ids_pre) - 1 + j, t]) for j, t in enumerate(c)))
+    return torch.tensor(out)
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_shared_prefix_scores_equal_one_pass_per_candidate(model, tok, arch):
+    """The prefix is read once and its cache repeated: the sums must equal K independent passes, for candidates of
+    different lengths (right padding after the cache) and with a context in front."""
+    if arch == "gpt2":
+        from transformers import GPT2Config, GPT2LMHeadModel
+        torch.manual_seed(1)
+        model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_embd=32, n_layer=2, n_head=4, n_positions=128,
+                                           pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)).eval()
+    cands = ["orsk", "red green cat", "crete sicily", "paris"]
+    scores, lens = candidate_logprobs(model, tok, "velmora kestrin lives in", cands, context=DEF)
+    ctx, pre = context_ids(tok, DEF, "velmora kestrin lives in")
+    toks = [tok(" " + c, add_special_tokens=False)["input_ids"] for c in cands]
+    assert lens == [1, 3, 2, 1]
+    assert torch.allclose(scores, _one_pass_each(model, ctx + pre, toks), atol=1e-4)
+    assert len(set(scores.tolist())) == len(cands)  # the candidates' scores differ: nothing was shared wrongly
+
+
 # ------------------------------------------------------------------------------------------- bad input
 def test_tokenizer_without_pad_token_is_refused(model, tok):
     t = __import__("copy").deepcopy(tok)

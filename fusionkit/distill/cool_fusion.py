@@ -23,6 +23,7 @@ import time
 import torch
 
 from ..core.errors import FusionkitError
+from .probes import cache_of, with_cache
 
 
 def _ids(tokenizer, text: str) -> list[int]:
@@ -47,7 +48,7 @@ def propose(model, tokenizer, context: str, max_tokens: int = 8) -> tuple[str, b
     base = tokenizer.decode(ids, skip_special_tokens=True)  # once: the context does not change while proposing
     eos = tokenizer.eos_token_id
     out = model(input_ids=torch.tensor([ids], device=dev), use_cache=True)
-    past, text = out.past_key_values, ""
+    past, text = cache_of(out), ""
     for _ in range(max_tokens):
         nxt = int(out.logits[0, -1].argmax())
         if eos is not None and nxt == eos:
@@ -57,8 +58,8 @@ def propose(model, tokenizer, context: str, max_tokens: int = 8) -> tuple[str, b
             return text, False
         ids.append(nxt)
         text = candidate
-        out = model(input_ids=torch.tensor([[nxt]], device=dev), past_key_values=past, use_cache=True)
-        past = out.past_key_values
+        out = model(input_ids=torch.tensor([[nxt]], device=dev), use_cache=True, **with_cache(model, past))
+        past = cache_of(out)
     return text, False
 
 

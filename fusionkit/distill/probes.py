@@ -17,6 +17,7 @@ baseline both use it, so their token positions are the same by construction.
 """
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -59,33 +60,58 @@ def _device(model) -> torch.device:
     return next(model.parameters()).device
 
 
+def with_cache(model, cache) -> dict:
+    """The keyword that hands a key/value cache to ``model``'s forward: ``cache`` since transformers 5.25
+    (``past_key_values`` is deprecated there), ``past_key_values`` before."""
+    return {"cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values": cache}
+
+
+def cache_of(output):
+    """The key/value cache a forward returned, under either name (see :func:`with_cache`)."""
+    cache = getattr(output, "cache", None)
+    return output.past_key_values if cache is None else cache
+
+
 @torch.no_grad()
 def candidate_logprobs(model, tokenizer, prefix: str, candidates, context: str = "",
                        sep: str = " ") -> tuple[torch.Tensor, list[int]]:
     """Sum of log p(candidate tokens | [context;] prefix) per candidate, and each candidate's token count.
 
-    ``sep`` joins prefix and candidate: a space, or ``""`` for a slot glued to the word before it."""
+    ``sep`` joins prefix and candidate: a space, or ``""`` for a slot glued to the word before it.
+
+    The shared prefix is read once and its key/value cache repeated for the K candidates, so a probe costs
+    |prefix| + K·|candidate| token positions instead of K·(|prefix| + |candidate|): about 3× fewer for the bundled
+    probes (15-token prefixes, 5 candidates of 1-3 tokens). Same sums as K separate passes, to float rounding.
+    """
     check_tokenizer(tokenizer)
     ctx, pre = context_ids(tokenizer, context, prefix)
     pre = ctx + pre
     if not pre:  # an answer slot at the very start: condition on the end-of-text token
         pre = [tokenizer.eos_token_id if tokenizer.eos_token_id is not None else tokenizer.pad_token_id]
     cands = [token_ids(tokenizer, sep + c) for c in candidates]
-    seqs = [pre + c for c in cands]
-    width = max(map(len, seqs))
-    ids = torch.full((len(seqs), width), tokenizer.pad_token_id, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+    if not all(cands):
+        raise DistillError(f"a candidate of {list(candidates)!r} has no tokens; fix: give every candidate text")
     dev = _device(model)
-    logits = model(input_ids=ids.to(dev), attention_mask=mask.to(dev)).logits.float()
-    logp = F.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:, None].to(dev)).squeeze(-1).cpu()
-    # Position t predicts token t+1: candidate tokens sit at len(pre)..len(pre)+len(c)-1.
-    pos = torch.arange(width - 1)[None]
-    lens = torch.tensor([len(c) for c in cands])[:, None]
-    keep = (pos >= len(pre) - 1) & (pos < len(pre) - 1 + lens)
-    return (logp * keep).sum(1), [len(c) for c in cands]
+    out = model(input_ids=torch.tensor([pre], device=dev), use_cache=True)
+    # The prefix's last position predicts every candidate's first token.
+    first = F.log_softmax(out.logits[0, -1].float(), -1).cpu()
+    scores = first[[c[0] for c in cands]].clone()
+    width = max(map(len, cands))
+    if width > 1:  # the rest of each candidate, right-padded, after the repeated prefix cache
+        cache = cache_of(out)
+        cache.batch_repeat_interleave(len(cands))
+        ids = torch.full((len(cands), width), tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(cands), len(pre) + width - 1), dtype=torch.long)
+        mask[:, :len(pre)] = 1
+        for i, c in enumerate(cands):
+            ids[i, :len(c)] = torch.tensor(c)
+            mask[i, len(pre):len(pre) + len(c) - 1] = 1
+        logits = model(input_ids=ids[:, :-1].to(dev), attention_mask=mask.to(dev),
+                       **with_cache(model, cache)).logits
+        logp = F.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:, None].to(dev)).squeeze(-1).cpu()
+        lens = torch.tensor([len(c) for c in cands])[:, None]
+        scores += (logp * (torch.arange(width - 1)[None] < lens - 1)).sum(1)
+    return scores, [len(c) for c in cands]
 
 
 def score_probes(model, tokenizer, probes: list[Probe], contexts: dict[str, str] | None = None) -> list[dict]:
