@@ -24,10 +24,15 @@ from fusionkit.reproduce.table import to_markdown
 
 HERE = Path(__file__).resolve().parent
 PARTS = ("merging", "evolver", "dfwe", "distill")
-# Entities per part. On 2 CPU cores one single-entity edit with its baselines and specificity probes costs ~25 s
-# (SmolLM2-135M), so the smoke profile measures 24 test entities: enough to run the protocol, not to resolve a few
-# points (the full profile takes every entity: 35 dev, 129 test, 150 at once where a GPU makes that affordable).
-DISTILL_SIZES = {"smoke": {"dev": 6, "test": 24, "multi": 12}, "full": {"dev": None, "test": None, "multi": 150}}
+# Entities per part. On 2 CPU cores one single-entity edit with its baselines and specificity probes costs ~13 s
+# (SmolLM2-135M, transfer set cached; ~17 s with it) and a dev entity ~40 s (three settings), so the smoke profile
+# measures 10 dev and 40 test entities: enough to run the protocol, not to resolve a few points (the full profile
+# takes every entity: 35 dev, 129 test, 150 at once where a GPU makes that affordable).
+DISTILL_SIZES = {"smoke": {"dev": 10, "test": 40, "multi": 20}, "full": {"dev": None, "test": None, "multi": 150}}
+# Search seeds per part. An Evolver seed is ~520 s on 2 CPU cores (76 evaluations under the reference schedule,
+# and the same-budget coefficient search): the smoke profile runs one and its interval is the paired bootstrap over
+# test examples (the "where seeds are costly"); the full profile runs three. A DFWE seed is ~110 s.
+SEEDS = {"smoke": {"evolver": 1, "dfwe": 3}, "full": {"evolver": 3, "dfwe": 3}}
 
 
 def machine() -> str:
@@ -51,7 +56,7 @@ def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profile", default="smoke", choices=["smoke", "full"])
     ap.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of {PARTS}")
-    ap.add_argument("--seeds", type=int, default=3, help="search seeds (DFWE, Evolver)")
+    ap.add_argument("--seeds", type=int, help="search seeds for DFWE and Evolver (default: SEEDS per profile)")
     ap.add_argument("--curve", help="DFWE learning curve, target examples (default: 32,64,128 smoke; 32..512 full)")
     args = ap.parse_args(argv)
     quiet_transformers()
@@ -60,7 +65,7 @@ def main(argv=None) -> None:
     unknown = set(parts) - set(PARTS)
     if unknown:
         ap.error(f"unknown part(s) {sorted(unknown)}; use {PARTS}")
-    seeds = tuple(range(args.seeds))
+    seeds = {p: tuple(range(args.seeds or n)) for p, n in SEEDS[args.profile].items()}
     out_json = HERE / f"reproduction-{args.profile}.json"
     done = json.loads(out_json.read_text()) if out_json.exists() else {}
     for part in parts:
@@ -71,13 +76,13 @@ def main(argv=None) -> None:
             rows = regmean_rows(args.profile)
         elif part == "evolver":
             from fusionkit.reproduce.search import evolver_rows
-            rows = evolver_rows(args.profile, seeds)
+            rows = evolver_rows(args.profile, seeds["evolver"])
         elif part == "dfwe":
             from fusionkit.reproduce.search import dfwe_curve, dfwe_rows
-            rows, details = dfwe_rows(args.profile, seeds)
+            rows, details = dfwe_rows(args.profile, seeds["dfwe"])
             sizes = args.curve or ("32,64,128" if args.profile == "smoke" else "32,64,128,256,512")
             details["curve"] = dfwe_curve(args.profile, tuple(int(x) for x in sizes.split(",")),
-                                          source_lr=details["source_lr"])
+                                          source_lr=details["source_lr"], known=details.pop("curve_point"))
         else:
             rows, details = distill_part(args.profile)
         done[part] = {"rows": [r.to_dict() for r in rows], "details": details,

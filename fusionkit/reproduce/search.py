@@ -43,6 +43,10 @@ def choose_source_lr(profile, seed: int = 0, quiet: bool = True) -> tuple[float,
     return max(dev, key=dev.get), dev
 
 
+def _seeds(seeds, kind: str = "") -> str:
+    return f"{len(seeds)} {kind}seed{'s' if len(seeds) != 1 else ''}"
+
+
 def _per_example(scorer, state) -> np.ndarray:
     return scorer.correct(state, "test")["sentiment"]
 
@@ -62,6 +66,8 @@ def dfwe_rows(profile: str = "smoke", seeds=(0, 1, 2), budget: int = 30, quiet: 
                    max_length=P.max_length, batch_size=P.eval_batch_size, quiet=True)
         runs.append(_per_example(res.scorer, res.best_state()))
         weights[s] = dict(zip(res.options["experts"], res.best["weights"]))
+        if s == seeds[0]:
+            first = res
         if corr is None:  # seed 0: every evaluated candidate on test too, only to measure how far dev can be trusted
             fresh = [h for h in res.history if not h["cached"]]
             test = [float(_per_example(res.scorer, res.space.state(h["weights"])).mean()) for h in fresh]
@@ -77,38 +83,51 @@ def dfwe_rows(profile: str = "smoke", seeds=(0, 1, 2), budget: int = 30, quiet: 
                f"evaluations on {len(scorer.tasks['sentiment'].data['validation'])} dev examples")
     choices = {"source lr (mean dev of source→target)": lr_dev, "dev–test r of candidates": corr}
     kw = dict(paper=DFWE_PAPER, setting=setting, profile=P.name, choices=choices, a_seeds=runs)
-    label = f"DFWE ({len(seeds)} search seeds)"
+    label = f"DFWE ({_seeds(seeds, 'search ')})"
     rows = [compare("DFWE > Pretrain→Finetune", label, None, "Pretrain→Finetune",
                     _per_example(scorer, alone.state_dict()), **kw),
             compare("DFWE > Source→Target (best by dev)", label, None, f"Source→Target ({best})",
                     _per_example(scorer, next(e for e in sources if e.name == best).state_dict()), **kw)]
     details = {"source_lr": lr, "source_lr_dev": lr_dev, "dev_test_r": corr, "weights": weights,
-               "dev_examples": len(scorer.tasks["sentiment"].data["validation"])}
+               "dev_examples": len(scorer.tasks["sentiment"].data["validation"]),
+               # the learning curve's point at this zoo's size is this seed-0 search: kept, not searched again
+               "curve_point": _curve_point(zoo, first, P.few_shot) if seeds[0] == 0 else None}
     return rows, details
 
 
+def _curve_point(zoo, res, n: int) -> dict:
+    """One point of the learning curve from a zoo and the seed-0 search on it."""
+    from ..models.zoo import TARGET_ONLY
+
+    sc = res.scorer
+    sources = [e for e in zoo.experts if e.name != TARGET_ONLY]
+    best = max(sources, key=lambda e: sc(e.state_dict()))
+    alone = next(e for e in zoo.experts if e.name == TARGET_ONLY)
+    return {"target examples": n,
+            "DFWE": round(float(_per_example(sc, res.best_state()).mean()), 4),
+            "Pretrain→Finetune": round(float(_per_example(sc, alone.state_dict()).mean()), 4),
+            "Source→Target (best by dev)": round(float(_per_example(sc, best.state_dict()).mean()), 4),
+            "DFWE weight on target-only": round(res.best["weights"][zoo.experts.index(alone)], 3)}
+
+
 def dfwe_curve(profile: str = "smoke", sizes=(32, 128, 512), budget: int = 30, source_lr: float | None = None,
-               seed: int = 0, quiet: bool = True) -> list[dict]:
+               seed: int = 0, quiet: bool = True, known: dict | None = None) -> list[dict]:
     """Test accuracy against the number of target examples for DFWE, Pretrain→Finetune and Source→Target (best
-    by dev): the curve that makes DFWE's case where targets are few."""
-    from ..models.zoo import TARGET_ONLY, build_zoo
+    by dev): the curve that makes DFWE's case where targets are few. ``known`` is a point already measured, e.g.
+    :func:`dfwe_rows`' ``details["curve_point"]`` (the same zoo and seed-0 search): it is used, not re-run."""
+    from ..models.zoo import build_zoo
 
     out = []
     for n in sizes:
+        if known and known["target examples"] == n:
+            out.append(known)
+            continue
         P = get_profile(profile).with_(few_shot=n, source_lr=source_lr)
         zoo = build_zoo("transfer", P, seed=seed, quiet=quiet)
         res = dfwe(zoo.experts, zoo.tasks["sentiment"], "NGOpt", budget, seed=seed,
                    heads=head_policy(zoo.experts).heads, max_length=P.max_length, batch_size=P.eval_batch_size,
                    quiet=True)
-        sc = res.scorer
-        sources = [e for e in zoo.experts if e.name != TARGET_ONLY]
-        best = max(sources, key=lambda e: sc(e.state_dict()))
-        alone = next(e for e in zoo.experts if e.name == TARGET_ONLY)
-        out.append({"target examples": n,
-                    "DFWE": round(float(_per_example(sc, res.best_state()).mean()), 4),
-                    "Pretrain→Finetune": round(float(_per_example(sc, alone.state_dict()).mean()), 4),
-                    "Source→Target (best by dev)": round(float(_per_example(sc, best.state_dict()).mean()), 4),
-                    "DFWE weight on target-only": round(res.best["weights"][zoo.experts.index(alone)], 3)})
+        out.append(_curve_point(zoo, res, n))
     return out
 
 
@@ -132,8 +151,8 @@ def evolver_rows(profile: str = "smoke", seeds=(0, 1, 2), merger: str = "average
     setting = (f"{P.name}: the multitask zoo ({len(zoo.experts)} experts, heads kept), merger {merger}, reference "
                f"schedule (F {REFERENCE['F']}, CR {REFERENCE['CR']}, {REFERENCE['generations']} generations, "
                f"{REFERENCE['acceptance']}), {P.search_examples} dev examples per task")
-    label = f"Evolver + {merger} ({len(seeds)} seeds)"
+    label = f"Evolver + {merger} ({_seeds(seeds)})"
     common = dict(paper=EVOLVER_PAPER, setting=setting, profile=P.name, a_seeds=evolved)
     return [compare(f"Evolver + {merger} > plain {merger}", label, None, f"plain {merger}", plain, **common),
             compare("Evolver > coefficient search, same budget", label, None,
-                    f"DFWE coefficients ({evals} evals, {len(seeds)} seeds)", None, b_seeds=searched, **common)]
+                    f"DFWE coefficients ({evals} evals, {_seeds(seeds)})", None, b_seeds=searched, **common)]
