@@ -34,7 +34,8 @@ RECORD_ENV = "FUSIONKIT_RECORD"
 REPO = Path(__file__).resolve().parent.parent
 # The planned notebooks, in reading order; a tour names those not written yet rather than silently skipping them.
 EXPECTED = ("00_start_here", "01_interpolation", "02_landscape", "03_task_vectors", "04_regmean", "05_dfwe",
-            "06_evolver", "07_knowledge_distillation")
+            "06_evolver", "07_knowledge_distillation", "08_modern_merges", "09_causal_fusion",
+            "10_fusion_by_distillation")
 # Figures as JSON for JupyterLab plus self-contained HTML (plotly.js inlined once) for HTML and nbviewer.
 HEADLESS_RENDERER = "plotly_mimetype+notebook"
 

@@ -189,3 +189,18 @@ def test_fusellm_distillation_across_vocabularies_moves_the_student_to_the_teach
     plain = fuse_distill(tiny_lm(len(s_tok), seed=7), s_tok, teacher, t_tok, texts, steps=3, lam=1.0)
     assert plain["aligned_share"] == 0 and len(plain["curve"]) == 3  # λ = 1: fine-tuning, the teacher unread
 
+
+
+def test_alignment_explorer_redraws_the_grid_and_path_for_a_new_sentence():
+    from fusionkit.viz import widgets
+
+    a, b = word_level(), byte_bpe()
+    ex = widgets.alignment_explorer(a, b, "the acting was fine", names=("words", "bpe"))
+    heat, path = ex.figure.data
+    assert len(heat.y) == 4 and list(path.y)[-1].startswith("3:")  # four words, the path ends at the last one
+    ex.controls["text"].value = "the story was quite awful but the acting was fine"
+    heat, path = ex.figure.data
+    want = align(a, b, ex.controls["text"].value)
+    assert len(heat.y) == 10 and len(path.x) == len(want["path"])
+    assert [int(y.split(":")[0]) for y in path.y] == [i for i, _ in want["path"]]
+    assert not ex.errors.outputs

@@ -59,3 +59,18 @@ def test_distillation_setting_is_the_best_implicit_among_those_that_keep_specifi
            "c": {"implicit_acc": 0.6, "gold_nll": 1.5, "specificity_delta": 0.0}}
     assert pick(res) == "c"  # b and c qualify and tie on implicit; c has the lower gold NLL
     assert pick({"a": res["a"], "d": {**res["a"], "specificity_delta": -2 * SPEC_TOLERANCE}}) == "d"  # least harm
+
+
+def test_dfwe_curve_reuses_the_point_it_is_given_and_searches_the_others(monkeypatch):
+    """The curve's point at the table's own size is the table's seed-0 search: kept, not searched again."""
+    import fusionkit.models.zoo as zoo_module
+    from fusionkit.reproduce import search
+
+    def no_build(*a, **k):
+        raise RuntimeError("built a zoo")
+
+    monkeypatch.setattr(zoo_module, "build_zoo", no_build)
+    known = {"target examples": 128, "DFWE": 0.7, "Pretrain→Finetune": 0.6}
+    assert search.dfwe_curve("smoke", (128,), known=known) == [known]
+    with pytest.raises(RuntimeError, match="built a zoo"):  # another size is measured
+        search.dfwe_curve("smoke", (64, 128), known=known)

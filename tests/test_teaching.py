@@ -73,6 +73,18 @@ def emr(taus, elect="max"):
     return uni, masks, [float(t.abs().sum() / (m * uni).abs().sum()) for t, m in zip(taus, masks)]
 
 
+def ensemble_kl(student, experts, tau, mean="logits"):
+    losses = []
+    for t, z in experts.items():
+        if mean == "logits":
+            p = torch.softmax(z.mean(0) / tau, -1)
+        else:  # the mean of the teachers' distributions: a different teacher when they disagree
+            p = torch.softmax(z / tau, -1).mean(0)
+        q = torch.log_softmax(student[t] / tau, -1)
+        losses.append(tau ** 2 * (p * (p.log() - q)).sum(-1).mean())
+    return torch.stack(losses).mean()
+
+
 def plane_coordinates(o, a, b, m, orthogonalise=True):
     u = (a - o) / (a - o).norm()
     w = (b - o) - ((b - o) @ u) * u if orthogonalise else b - o
@@ -100,6 +112,8 @@ def plane_coordinates(o, a, b, m, orthogonalise=True):
     (checkers.check_barrier, barrier, lambda ts, ls: max(ls) - (ls[5] + ls[15]) / 2),  # t outside [0, 1] counted
     (checkers.check_emr, emr, lambda taus: emr(taus, elect="mean")),  # the mean of the agreeing, not the max
     (checkers.check_emr, emr, lambda taus: (*emr(taus)[:2], [1.0] * len(taus))),  # no rescaler
+    (checkers.check_ensemble_kl, ensemble_kl, lambda s, e, tau: ensemble_kl(s, e, tau, mean="probs")),
+    (checkers.check_ensemble_kl, ensemble_kl, lambda s, e, tau: ensemble_kl(s, e, 1.0)),  # τ ignored
 ])
 def test_checker_accepts_the_method_and_rejects_a_mistake(check, right, wrong):
     assert check(right).startswith("✓")

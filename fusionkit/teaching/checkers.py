@@ -160,6 +160,22 @@ def check_distill_loss(fn: Callable, trials: int = 4, seed: int = 0) -> str:
     return _ok("check_distill_loss", trials, "fusionkit.distill.training.kl_loss")
 
 
+def check_ensemble_kl(fn: Callable, trials: int = 4, seed: int = 0) -> str:
+    """``fn(student_logits, expert_logits, tau)``: ``student_logits[task]`` is [B, C], ``expert_logits[task]`` is
+    [k, B, C] (the task's k teachers). The ensemble-distillation loss: per task τ² · mean over the batch of
+    KL(softmax(mean of the teachers' logits / τ) ‖ softmax(student / τ)), then the mean over tasks."""
+    from ..distill.ensemble import ensemble_kl
+
+    for i, gen in _cases(seed, trials):
+        tau = [1.0, 2.0, 0.5, 4.0][i % 4]
+        shapes = {"a": (1, 6, 3), "b": (3, 6, 5)}  # one teacher for a, three for b; label spaces of 3 and 5
+        experts = {t: torch.randn(*sh, generator=gen) * 3 for t, sh in shapes.items()}
+        student = {t: torch.randn(*sh[1:], generator=gen) * 3 for t, sh in shapes.items()}
+        want = ensemble_kl(student, {t: torch.log_softmax(z.mean(0) / tau, -1) for t, z in experts.items()}, tau)
+        _close("check_ensemble_kl", i, fn(student, experts, tau), want, atol=1e-5, what=f" (τ={tau})")
+    return _ok("check_ensemble_kl", trials, "fusionkit.distill.ensemble.ensemble_kl")
+
+
 def check_crossover(fn: Callable, CR: float = 0.3, draws: int = 300, seed: int = 0) -> str:
     """``fn(parent, donor, CR)``: binomial crossover. Each entry comes from the donor with probability CR (else the
     parent), and at least one entry always comes from the donor (classic DE's j_rand)."""

@@ -302,3 +302,33 @@ def gold_logprob_bars(rows: list[dict], entity: str, methods: list[str]) -> go.F
                      for m in methods])
     return fig.update_layout(barmode="group", yaxis_title="gold log-prob", height=340,
                              title=f"{entity}: gold log-prob per method")
+
+
+def cost_accuracy(rows: dict[str, dict], title: str = "what each fusion costs and what it keeps") -> go.Figure:
+    """Mean test accuracy against cost in seconds (log axis), one marker per system: ``rows[label] = {"test mean",
+    "seconds", "data"}`` (the data it needed, shown on hover)."""
+    fig = go.Figure()
+    for label, r in rows.items():
+        fig.add_scatter(x=[max(r["seconds"], 0.01)], y=[r["test mean"]], mode="markers+text", name=label,
+                        text=[label], textposition="top center", hovertext=[f"{label}: {r['data']}"],
+                        marker=dict(size=13))
+    return fig.update_layout(title=title, xaxis=dict(type="log", title="seconds (merge, or training + teacher)"),
+                             yaxis_title="mean test accuracy", height=420, showlegend=False)
+
+
+def alignment_grid(result: dict, names: tuple[str, str] = ("a", "b"),
+                   title: str = "token alignment: edit-distance cost and the DTW path") -> go.Figure:
+    """The cost of every token pair of two tokenizations (:func:`fusionkit.distill.token_alignment.align`) as a
+    heat-map, tokenizer a down, tokenizer b across, with the DTW path over it."""
+    from ..distill.token_alignment import token_cost
+
+    sa, sb = result["surfaces_a"], result["surfaces_b"]
+    # position-prefixed labels: a repeated token ("the" twice) still gets its own row or column
+    ya = [f"{i}:{s!r}" for i, s in enumerate(sa)]
+    xb = [f"{j}:{s!r}" for j, s in enumerate(sb)]
+    fig = go.Figure(go.Heatmap(z=[[token_cost(x, y) for y in sb] for x in sa], x=xb, y=ya, colorscale="Blues",
+                               reversescale=True, zmin=0, zmax=1, colorbar=dict(title="cost")))
+    fig.add_scatter(x=[xb[j] for _, j in result["path"]], y=[ya[i] for i, _ in result["path"]], mode="lines+markers",
+                    name="DTW path", line=dict(color="crimson", width=3))
+    return fig.update_layout(title=title, xaxis_title=names[1], yaxis_title=names[0], yaxis_autorange="reversed",
+                             height=max(320, 24 * len(sa) + 140), showlegend=False)

@@ -331,3 +331,31 @@ def probe_explorer(report: dict) -> Explorer:
 
     pick.observe(redraw, names="value")
     return Explorer(W.VBox([pick, fig, errors]), {"entity": pick}, fig, errors)
+
+
+def alignment_explorer(tok_a, tok_b, text: str, names: tuple[str, str] = ("a", "b")) -> Explorer:
+    """Type a sentence: both tokenizations and their DTW alignment redraw
+    (:func:`fusionkit.distill.token_alignment.align`, :func:`fusionkit.viz.plots.alignment_grid`)."""
+    from ..distill.token_alignment import align
+
+    box = W.Text(value=text, description="text", continuous_update=False, layout=W.Layout(width="90%"))
+    fig = go.FigureWidget(plots.alignment_grid(align(tok_a, tok_b, text), names))
+    summary, errors = W.HTML(), W.Output()
+
+    def update(_=None):
+        with caught(errors):
+            result = align(tok_a, tok_b, box.value)
+            new = plots.alignment_grid(result, names)
+            with fig.batch_update():
+                for trace, fresh in zip(fig.data, new.data):
+                    trace.x, trace.y = fresh.x, fresh.y
+                    if fresh.type == "heatmap":
+                        trace.z = fresh.z
+                fig.layout.height = new.layout.height
+            summary.value = (f"{names[0]}: {len(result['surfaces_a'])} tokens, {names[1]}: "
+                             f"{len(result['surfaces_b'])}; {len(result['one_to_one'])} of {names[0]}'s tokens "
+                             "align one-to-one")
+
+    box.observe(update, names="value")
+    update()
+    return Explorer(W.VBox([box, summary, fig, errors]), {"text": box}, fig, errors)
