@@ -148,3 +148,27 @@ def test_save_merged_writes_one_folder_per_task_and_the_compact_file(tiny_zoo, t
         for n, v in merged.bodies[t].items():
             torch.testing.assert_close(saved[n], v)
             torch.testing.assert_close(rebuilt[n], v)
+
+
+def test_cli_per_task_chooses_on_validation_and_names_bad_specs(tiny_zoo, capsys, monkeypatch):
+    """`fusionkit merge tall_masks --per-task lam=...` as a user runs it (the zoo swapped for the tiny one): λ chosen
+    per task on validation, the best value for each task; a wrong option or value is one line naming the fix."""
+    import json
+
+    import fusionkit.models.zoo as zoo_module
+    from fusionkit.cli import main
+
+    monkeypatch.setattr(zoo_module, "build_zoo", lambda *a, **k: tiny_zoo)
+    assert main(["merge", "tall_masks", "--per-task", "lam=0.0,1.0,5.0", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    chosen, trace = out["options"]["lam"], out["trace"]
+    assert set(chosen) == set(tiny_zoo.tasks) and [row["lam"] for row in trace] == [0.0, 1.0, 5.0]
+    for t, v in chosen.items():
+        by_value = [row["scores"][t] for row in trace]
+        assert by_value[[0.0, 1.0, 5.0].index(v)] == max(by_value)
+        assert out["results"][t]["validation"] == max(by_value)
+    for spec, why in (("bogus=0.1", "no option 'bogus'"), ("lam=big", "float values"), ("lam=", "no values")):
+        assert main(["merge", "tall_masks", "--per-task", spec]) == 2
+        assert why in capsys.readouterr().err
+    assert main(["merge", "tall_masks", "--per-task", "lam=0.2", "--lam", "0.4"]) == 2
+    assert "drop --lam" in capsys.readouterr().err

@@ -80,6 +80,9 @@ def merge(m) -> None:
         if meth.stats == "fisher":
             own.add_argument("--fisher-variant", choices=VARIANTS, default="sample",
                              help="label of log p(y|x): sampled (true Fisher), argmax, or gold (empirical)")
+        if meth.level == "task":
+            own.add_argument("--per-task", metavar="OPTION=V1,V2,...",
+                             help="choose this option per task on validation from these values (e.g. lam=0.2,0.4,0.6)")
         if meth.level in ("tensor", "task"):
             own.add_argument("--weights", help="comma-separated coefficients, one per expert")
             own.add_argument("--include", help="comma-separated parameter-name globs to merge (default all)")

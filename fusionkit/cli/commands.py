@@ -85,14 +85,19 @@ def merge(args) -> int:
         given["filter"] = ParamFilter.parse(args.include, args.exclude)
     if method.stats == "fisher":
         given["fisher_variant"] = args.fisher_variant
+    per_task = _per_task(method, args.per_task, given) if getattr(args, "per_task", None) else None
     if args.models:
+        if per_task:
+            raise FusionkitError("--per-task chooses on each zoo task's validation split; fix: merge a zoo, or "
+                                 "pass the option's value with --models")
         return _merge_checkpoints(args, given)
     if args.base or args.data or args.eval_all or args.stats:
         raise FusionkitError("--base, --data, --stats and --eval-all go with --models (your own checkpoints); fix: "
                              "add --models A B ...")
     zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
     experts = [e.strip() for e in args.experts.split(",")] if args.experts else None
-    merged, report = merge_report(args.method, zoo, experts, zoo.evaluator(args.precision), seed=args.seed, **given)
+    merged, report = merge_report(args.method, zoo, experts, zoo.evaluator(args.precision), per_task=per_task,
+                                  seed=args.seed, **given)
     if args.out:
         from ..data.assets import base_path
         from ..merging.export import save_merged
@@ -148,6 +153,25 @@ def _merge_config(args) -> int:
         for note in report["notes"]:
             print("note:", note)
     return 0
+
+
+def _per_task(method, spec: str, given: dict) -> tuple[str, list]:
+    """``--per-task lam=0.2,0.4`` -> ``("lam", [0.2, 0.4])``, each value of the option's own type."""
+    name, _, values = spec.partition("=")
+    name = name.strip().replace("-", "_")
+    if name not in method.options or name == "seed":
+        raise FusionkitError(f"--per-task {spec!r}: {method.name} has no option {name!r}; fix: one of "
+                             f"{', '.join(k for k in method.options if k != 'seed')}, as OPTION=V1,V2,...")
+    if name in given:
+        raise FusionkitError(f"--per-task chooses {name} per task; fix: drop --{name.replace('_', '-')}")
+    kind = type(method.options[name].default)
+    try:
+        parsed = [kind(v) for v in values.split(",") if v.strip()]
+    except ValueError as err:
+        raise FusionkitError(f"--per-task {spec!r}: {err}; fix: {kind.__name__} values, e.g. {name}=0.2,0.4") from err
+    if not parsed:
+        raise FusionkitError(f"--per-task {spec!r} gives no values; fix: {name}=V1,V2,...")
+    return name, parsed
 
 
 def _merge_checkpoints(args, given: dict) -> int:

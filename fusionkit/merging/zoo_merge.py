@@ -170,15 +170,20 @@ def ensemble_scores(zoo: Zoo, evaluator: Evaluator, experts: list[Expert] | None
 
 
 def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evaluator: Evaluator | None = None,
-                 **options) -> tuple[Merged, dict]:
+                 per_task: tuple[str, list] | None = None, **options) -> tuple[Merged, dict]:
     """Merge, then score the result next to each expert and its reference: what ``fusionkit merge`` prints.
 
     Returns the merged model and ``{"method", "options", "results", "ensemble", "multitask", "experts", "notes",
     ...}``: ``ensemble`` where the experts share one label space, ``multitask`` (the zoo's multi-task model, trained
-    once and cached) where they do not and the whole zoo is merged; each is None otherwise.
+    once and cached) where they do not and the whole zoo is merged; each is None otherwise. ``per_task = (param,
+    values)`` chooses that option per task on validation (:func:`choose_per_task`, task-specific methods only);
+    the report's ``trace`` then holds every value's validation scores.
     """
     ev = evaluator or zoo.evaluator()
-    merged = merge_zoo(method, zoo, experts, evaluator=ev, **options)
+    if per_task is not None:
+        merged = choose_per_task(zoo, method, per_task[0], per_task[1], ev, experts, **options)
+    else:
+        merged = merge_zoo(method, zoo, experts, evaluator=ev, **options)
     matrix = zoo.matrix(ev)
     report = {
         "method": method, "zoo": zoo.name, "profile": zoo.profile.name, "options": merged.options,
