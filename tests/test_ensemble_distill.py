@@ -106,3 +106,15 @@ def test_cli_distill_zoo_json_and_text_file(tiny_zoo, tmp_path, capsys, monkeypa
     assert out["kl_window"] == 2 and out["kl_first"] == pytest.approx((kl[0] + kl[1]) / 2, abs=1e-5)
     assert main(["distill-zoo", "--texts", str(tmp_path / "missing.txt")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_a_student_is_scored_per_example_like_a_merge(tiny_zoo):
+    """merged_correct takes anything with a body and heads (a student, the multi-task model), as the notebooks'
+    merge-vs-distil tables need; each task read through its own head."""
+    from fusionkit.reproduce.merging import correct, merged_correct
+
+    student = distill_zoo(tiny_zoo, steps=3, lr=3e-3, quiet=True)
+    ev = tiny_zoo.evaluator("float32")
+    got = merged_correct(tiny_zoo, ev, student, "validation")
+    want = correct(tiny_zoo, ev, student.body, student.heads, "validation")
+    assert set(got) == set(tiny_zoo.tasks) and all((got[t] == want[t]).all() for t in got)

@@ -169,3 +169,28 @@ def test_08_modern_merges(tmp_path):
     assert all(0.3 < s < 3 for s in rec["emr_scales"]) and len(set(rec["emr_scales"])) > 1
     assert set(rec["tall_chosen"]) == {"sentiment", "subjectivity", "topic", "reuters", "author"}
     assert rec["flatness_iso"] < 1.05 < rec["flatness_sum"]  # ISO-C's spectrum is flat, the sum's is not
+
+
+@pytest.mark.notebook
+def test_10_fusion_by_distillation(tmp_path):
+    rec = run_smoke("10_", tmp_path)
+    # the notebook asserts the ensemble loss, the DTW path and the word-boundary proposals by hand = the kit
+    means = rec["mean_test"]
+    assert set(means) == {"average", "ties", "regmean", "multi-task model", "distilled from the base",
+                          "TIES, then distilled"}
+    assert all(0.1 < v <= 1.0 for v in means.values())
+    claims = rec["claims"]
+    for name, c in claims.items():
+        assert c["lo"] <= c["diff"] <= c["hi"] and c["n"] == 5 * rec["test_examples"], name
+        assert c["verdict"] == ("reproduces" if c["lo"] > 0 else "does not" if c["hi"] < 0 else "inconclusive")
+    # a student that learned nothing would equal its start: distillation must add to the TIES merge it starts from
+    assert claims["TIES, then distilled > ties"]["verdict"] == "reproduces", claims
+    assert claims["distilled from the base > average"]["diff"] > 0, claims  # soft labels beat averaging weights
+    kl = rec["kl"]
+    for label, k in kl.items():
+        assert k["last_mean"] < 0.8 * k["first"], (label, k)  # the KL fell
+    assert kl["TIES, then distilled"]["first"] < kl["from the base"]["first"]  # a merge starts nearer the teachers
+    # the merge-started student reaches the base-started one's final KL before the end of its own steps
+    assert rec["steps_to_base_end"] is not None and rec["steps_to_base_end"] < kl["TIES, then distilled"]["steps"]
+    assert 0 < rec["one_to_one"] <= rec["tokens"][0] and rec["tokens"][0] != rec["tokens"][1]
+    assert len(rec["notices"]) == 3

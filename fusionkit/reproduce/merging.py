@@ -26,10 +26,12 @@ def correct(zoo, ev, body: dict, heads: dict | None, split: str) -> dict[str, np
 
 
 def merged_correct(zoo, ev, merged: Merged, split: str) -> dict[str, np.ndarray]:
-    if merged.bodies is not None:  # a task-specific merge (EMR, TALL): each task with its own body and head
+    """Per task, per example, whether ``merged`` is right: a merge, or anything with a ``body`` and ``heads``
+    (the multi-task model, a distilled student, a student's starting point)."""
+    if getattr(merged, "bodies", None) is not None:  # a task-specific merge (EMR, TALL): each task with its own body and head
         return {t: Scorer(ev, {t: zoo.tasks[t]}, {t: merged.heads[t]}, split=split, precision=ev.precision)
                 .correct(merged.body_for(t), split)[t] for t in zoo.tasks if t in merged.heads}
-    if merged.heads_merged:
+    if getattr(merged, "heads_merged", False):
         return correct(zoo, ev, merged.state_for(next(iter(merged.heads))), None, split)
     return correct(zoo, ev, merged.body, merged.heads, split)
 
