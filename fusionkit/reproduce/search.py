@@ -78,7 +78,7 @@ def dfwe_rows(profile: str = "smoke", seeds=(0, 1, 2), budget: int = 30, quiet: 
     sources = [e for e in zoo.experts if e.name != TARGET_ONLY]
     dev_of = {e.name: scorer(e.state_dict()) for e in sources}
     best = max(dev_of, key=dev_of.get)
-    setting = (f"{P.name}: {len(sources)} MiniLM sources ({', '.join(e.task for e in sources)}) at lr {lr:g}, each "
+    setting = (f"{P.name}: {len(sources)} MiniLM sources ({', '.join(e.name.split('>')[0] for e in sources)}) at lr {lr:g}, each "
                f"tuned on {P.few_shot} sentiment examples, + the target-only model; NGOpt, simplex, {budget} "
                f"evaluations on {len(scorer.tasks['sentiment'].data['validation'])} dev examples")
     choices = {"source lr (mean dev of source→target)": lr_dev, "dev–test r of candidates": corr}
