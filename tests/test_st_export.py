@@ -10,9 +10,10 @@ import zipfile
 import pytest
 import torch
 
+from conftest import toy_frame
 from fusionkit.core import manifest
 from fusionkit.core.errors import MergeError, OutputExistsError
-from fusionkit.merging.st_export import save_sentence_transformers
+from fusionkit.merging.st_export import ST_DIR, save_sentence_transformers
 
 SENTENCES = ["A man is eating food.", "The capital of France is Paris.", "the plot was very good", "so"]
 
@@ -106,6 +107,31 @@ def tiny_st(tiny_bert, tmp_path):
     return str(folder)
 
 
+def test_a_zoo_merge_saves_its_encoder_beside_the_model(tiny_st, tmp_path):
+    from fusionkit.core.profiles import get_profile
+    from fusionkit.data.tasks import task_from
+    from fusionkit.merging.export import save_merged
+    from fusionkit.merging.zoo_merge import merge_zoo
+    from fusionkit.models.training import finetune
+    from fusionkit.models.zoo import Zoo
+
+    two = task_from(toy_frame(60), name="two")
+    experts = [finetune(tiny_st, two, "smoke", seed=s, name=f"two-s{s}", quiet=True, epochs=1, batch_size=16,
+                        lr=3e-3, max_length=16) for s in (0, 1)]
+    zoo = Zoo("tiny", get_profile("smoke").with_(max_length=16), {"two": two}, experts, base=tiny_st)
+    merged = merge_zoo("average", zoo)
+    out = save_merged(merged, tmp_path / "merged", sentence_transformers=True)
+    assert json.loads((out / "recipe.json").read_text())["sentence_transformers"].startswith(ST_DIR)
+    manifest.check_output(out)  # the export is inside the merge's manifest
+    bare = {k[len("bert."):]: v for k, v in merged.body.items()}
+    want = by_hand(bare, tiny_st, SENTENCES, max_length=16)
+    got = sentence_transformer(out / ST_DIR).encode(SENTENCES, convert_to_tensor=True)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    # The saved merged folder (a classifier: bert.* + classifier.*) exports to the same encoder.
+    again = save_sentence_transformers(out, tmp_path / "again", base=tiny_st)
+    torch.testing.assert_close(sentence_transformer(again).encode(SENTENCES, convert_to_tensor=True), got)
+
+
 def one_line(err) -> str:
     msg = str(err.value)
     assert "\n" not in msg and "fix:" in msg, msg
@@ -137,6 +163,15 @@ def test_bad_input_is_one_line_naming_the_fix(tiny_st, tiny_bert, tmp_path):
     with pytest.raises(OutputExistsError):
         save_sentence_transformers(body, out, base=tiny_st)
     save_sentence_transformers(body, out, base=tiny_st, overwrite=True)
+
+
+def test_cli_flag_needs_a_zoo_merge_with_out(capsys):
+    from fusionkit.cli import main
+
+    assert main(["merge", "average", "--sentence-transformers"]) == 2
+    assert main(["merge", "average", "--models", "a", "b", "--out", "x", "--sentence-transformers"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("fix:") == 2 and "save_sentence_transformers" in err
 
 
 def test_a_task_specific_merge_exports_the_body_of_the_task_asked_for(tiny_st, tmp_path):

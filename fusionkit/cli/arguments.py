@@ -64,6 +64,8 @@ def merge(m) -> None:
     g.add_argument("--precision", choices=PRECISIONS, default="float32", help=PRECISION_HELP)
     g.add_argument("--out", help="write the merged model folder(s) + recipe.json (+ mergekit.yml) here")
     g.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    g.add_argument("--sentence-transformers", action="store_true", help="with --out (a zoo merge): also write "
+                   "DIR/sentence-transformers/, the merged encoder that SentenceTransformer(path) loads, pooling kept")
     g.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     methods = m.add_subparsers(dest="method", metavar="METHOD", title="methods (fusionkit merge METHOD --help)")
     for meth in METHODS.values():

@@ -86,6 +86,9 @@ def merge(args) -> int:
     if method.stats == "fisher":
         given["fisher_variant"] = args.fisher_variant
     per_task = _per_task(method, args.per_task, given) if getattr(args, "per_task", None) else None
+    if args.sentence_transformers and (args.models or not args.out):
+        raise FusionkitError("--sentence-transformers writes a zoo merge's encoder into --out; fix: add --out DIR, or "
+                             "for your own checkpoints call fk.save_sentence_transformers(OUT, NEW_DIR, base=B0)")
     if args.models:
         if per_task:
             raise FusionkitError("--per-task chooses on each zoo task's validation split; fix: merge a zoo, or "
@@ -103,7 +106,8 @@ def merge(args) -> int:
         from ..merging.export import save_merged
 
         save_merged(merged, args.out, overwrite=args.overwrite, base_path=base_path(zoo.base),
-                    extra={"zoo": zoo.name, "profile": zoo.profile.name, "scores": report["results"]})
+                    extra={"zoo": zoo.name, "profile": zoo.profile.name, "scores": report["results"]},
+                    sentence_transformers=zoo.base if args.sentence_transformers else False)
         report["out"] = args.out
     if args.json:
         print(json.dumps(report, indent=2))
@@ -126,7 +130,8 @@ def merge(args) -> int:
     for note in report["notes"]:
         print("note:", note)
     if args.out:
-        print(f"saved to {args.out}")
+        print(f"saved to {args.out}" + (f" (SentenceTransformer loads {args.out}/sentence-transformers)"
+                                          if args.sentence_transformers else ""))
     return 0
 
 

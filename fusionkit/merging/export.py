@@ -10,6 +10,8 @@
 * Task-specific merges (EMR, TALL masks): one folder per task (each task's own model) and
   ``task_specific.safetensors``, the compact form - the shared vector once, each task's mask bit-packed and its
   scale (:class:`~fusionkit.merging.task_models.TaskModels`); ``recipe.json`` says what each costs in bytes.
+* ``sentence-transformers/`` when asked (``--sentence-transformers``): the merged encoder as a folder
+  ``SentenceTransformer(path)`` loads, the base's pooling kept (:mod:`fusionkit.merging.st_export`).
 * ``.manifest.json`` (:mod:`fusionkit.core.manifest`), written last: loading the folder through the kit
   (``load_base``, ``fusionkit cache verify DIR``) says in one line if it was damaged since.
 
@@ -26,6 +28,7 @@ from ..core import manifest
 from ..core.cache import atomic_dir, sha256_file, write_json
 from ..core.errors import MergeError
 from ..core.versioning import package_versions
+from .st_export import ST_DIR, write_sentence_transformers
 from .zoo_merge import Merged
 
 # fusionkit method -> mergekit merge_method (DARE depends on what follows the drop).
@@ -146,8 +149,14 @@ def to_yaml(config: dict) -> str:
 
 
 def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_labels: dict | None = None,
-                base_path: str | None = None, extra: dict | None = None) -> Path:
-    """Write the merged model(s), ``recipe.json`` and (where possible) ``mergekit.yml`` into ``out``."""
+                base_path: str | None = None, extra: dict | None = None,
+                sentence_transformers: bool | str = False) -> Path:
+    """Write the merged model(s), ``recipe.json`` and (where possible) ``mergekit.yml`` into ``out``.
+
+    ``sentence_transformers``: also write the merged encoder as ``out/sentence-transformers/`` (one per task,
+    ``out/sentence-transformers/<task>/``, for a task-specific merge), the folder ``SentenceTransformer`` loads, with
+    the base's pooling (:mod:`fusionkit.merging.st_export`); True takes the base the experts were tuned from, a
+    string names it (a bundled name or a sentence-transformers folder)."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     out = Path(out)
@@ -155,6 +164,8 @@ def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_l
     for e in merged.experts:
         by_task.setdefault(e.task, e)
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        if sentence_transformers:  # first: a base without a sentence-transformers configuration fails at once
+            _save_sentence_transformers(merged, tmp, sentence_transformers)
         for task, head in merged.heads.items():
             source = by_task[task]
             model = AutoModelForSequenceClassification.from_pretrained(source.path)
@@ -173,6 +184,8 @@ def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_l
                         "sha256": sha256_file(e.path / "model.safetensors")} for e in merged.experts],
             "notes": merged.notes, "seconds": round(merged.seconds, 2), "versions": package_versions(), **(extra or {}),
         }
+        if sentence_transformers:
+            recipe["sentence_transformers"] = f"{ST_DIR}/ (SentenceTransformer(path) loads it)"
         if merged.task_models is not None:
             from .task_models import FILE
 
@@ -186,3 +199,13 @@ def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_l
                         fix=f"the kit does not rebuild your outputs: merge again and save to {out} with overwrite=True "
                             "(--overwrite on the command line; recipe.json there says how it was made)")
     return out
+
+
+def _save_sentence_transformers(merged: Merged, folder: Path, base: bool | str) -> None:
+    if base is True:
+        base = (getattr(merged.experts[0], "recipe", None) or {}).get("base") or "minilm"
+    if merged.bodies is None:
+        write_sentence_transformers(merged.body, folder / ST_DIR, base)
+    else:
+        for task in merged.heads:
+            write_sentence_transformers(merged.body_for(task), folder / ST_DIR / task, base)
