@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 from ..core.errors import MergeError
+from ..core.runtime import pick_device
 from .methods.averaging import average
 from .ops import Coefficients, coefficients_for
 from .registry import get_method
@@ -40,7 +41,7 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
           stats: list[dict] | None = None, weights: Coefficients = None, filter: ParamFilter | None = None,
           names: list[str] | None = None, labels: list[str] | None = None, report: bool = False,
           sink: Callable[[str, torch.Tensor], None] | None = None, missing_base: str = "error",
-          **options) -> StateDict | MergeResult:
+          device: str | torch.device | None = None, **options) -> StateDict | MergeResult:
     """Merge ``experts`` tensor by tensor with a registered method.
 
     Tensors that ``filter`` excludes are copied from ``base`` (or averaged when there is no base); integer
@@ -80,29 +81,32 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
     if base is not None:
         check_compatible([experts[0], base], [n for n in names if n in base], [labels[0], "base"])
     filter = filter or ParamFilter()
+    device = None if device is None else pick_device(device)
     notes: list[str] = []
     averaged: list[str] = []  # tensors a statistics-based method had no statistics for
-    out = {}
-    for name in names:
+
+    def merged(name: str) -> torch.Tensor:  # its inputs are freed on return, before the next tensor is read
         tensors = [e[name] for e in experts]
         for t, label in zip(tensors, labels):
             check_finite(name, t, label)
         if not tensors[0].is_floating_point():
-            _emit(out, sink, name, tensors[0].clone())
-            continue
+            return tensors[0].clone()
         b = base[name] if base is not None and name not in unbased else None
         w = coefficients_for(name, weights, len(experts))
+        plain = {"name": name, "device": device}
         if name in unbased:  # no θ₀ for it (a backbone base has no head): the plain weighted average
-            merged = average(tensors, None, w, {})
-        elif not filter(name):
-            merged = b.double() if b is not None else average(tensors, None, w, {})
-        else:
-            ctx = {"name": name, "notes": notes,
-                   "stats": None if stats is None else _stats_for(name, stats, m.stats)}
-            if m.stats and ctx["stats"] is None:
-                averaged.append(name)
-            merged = m.fn(tensors, b, w, ctx, **opts)
-        _emit(out, sink, name, merged.to(tensors[0].dtype))
+            return average(tensors, None, w, plain).to(tensors[0].dtype)
+        if not filter(name):
+            return b.to(tensors[0].dtype, copy=True) if b is not None else average(tensors, None, w, plain).to(
+                tensors[0].dtype)
+        ctx = {**plain, "notes": notes, "stats": None if stats is None else _stats_for(name, stats, m.stats)}
+        if m.stats and ctx["stats"] is None:
+            averaged.append(name)
+        return m.fn(tensors, b, w, ctx, **opts).to(tensors[0].dtype)
+
+    out = {}
+    for name in names:
+        _emit(out, sink, name, merged(name))
     if unbased:
         notes.append(f"{len(unbased)} tensors are not in the base (e.g. {unbased[0]!r}): averaged, since the base "
                      "gives no θ₀ for them")
@@ -124,7 +128,7 @@ def merge_files(method: str, experts: list, out: str, base=None, stats: list[dic
     """Merge safetensors files into a safetensors file, streaming: each tensor is read from every input,
     merged and written before the next is read, so memory stays near one tensor per input. Each input (and
     ``base``) is one file or the list of a sharded checkpoint's files (``base`` also a ready mapping of
-    tensors); the output is one file."""
+    tensors); the output is one file. ``device="auto"`` computes on a GPU when present (see :func:`merge`)."""
     states = [lazy_state(p) for p in experts]
     # ``base`` may also be a ready view (statedict.Renamed: a bare backbone under the experts' names)
     base_state = None if base is None else base if isinstance(base, Mapping) else lazy_state(base)

@@ -1,22 +1,29 @@
 """Linear combinations of the experts: the weighted average and task arithmetic."""
 from __future__ import annotations
 
-from ..ops import weighted_sum
+from ..ops import task_vector_merge, weighted_sum
 from ..registry import option, register
+from ..rowblocks import map_rows
 
 
 @register("average", "weighted average / uniform soup: Σ wᵢθᵢ / Σ wᵢ",
           reference="https://arxiv.org/abs/2203.05482",
           normalize=option("divide by Σ wᵢ (False: plain weighted sum)"))
 def average(tensors, base, w, ctx, *, normalize=True):
-    """θ = Σ wᵢθᵢ / Σ wᵢ; with wᵢ = 1 the uniform soup (Wortsman et al. 2022, "Model soups")."""
-    out = weighted_sum(tensors, w)
-    return out / w.sum() if normalize else out
+    """θ = Σ wᵢθᵢ / Σ wᵢ; with wᵢ = 1 the uniform soup (Wortsman et al. 2022, "Model soups").
+
+    Computed as θ₁ + Σ wᵢ(θᵢ − θ₁) / Σ wᵢ in row blocks, in float32 (:mod:`fusionkit.merging.ops`): the sum is of
+    the experts' small differences from the first, so float32 rounds where float64 would."""
+    total = float(w.sum())
+
+    def block(*xs):
+        moved = weighted_sum(xs, w, xs[0])
+        return xs[0] + moved / total if normalize else total * xs[0] + moved
+    return map_rows(block, list(tensors), ctx)
 
 
 @register("task_arithmetic", "θ₀ + λ Σ wᵢτᵢ", needs_base=True, reference="https://arxiv.org/abs/2212.04089",
           lam=option("scaling λ of the summed task vectors"))
 def task_arithmetic(tensors, base, w, ctx, *, lam=0.4):
-    """θ = θ₀ + λ Σ wᵢ(θᵢ − θ₀) (Ilharco et al. 2023, "Editing Models with Task Arithmetic")."""
-    b = base.double()
-    return b + lam * (weighted_sum(tensors, w) - w.sum() * b)
+    """θ = θ₀ + λ Σ wᵢ(θᵢ − θ₀) (Ilharco et al. 2023, "Editing Models with Task Arithmetic"); row blocks, float32."""
+    return task_vector_merge(tensors, base, w, ctx, lam)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ...core.errors import MergeError
 from ...core.lazy import lazy_import
-from ..ops import bcast, disjoint_merge, tensor_generator
+from ..ops import bcast, disjoint_merge, task_vector_merge, tensor_generator, weighted_sum
 from ..registry import option, register
 
 torch = lazy_import("torch")
@@ -76,15 +76,21 @@ def magprune(tau, density: float, epsilon: float, rescale: str, generator):
     entries by magnitude, r = 0 … n−1 from the smallest, and keep each with probability
     qᵣ = (density − ε) + 2ε·r/(n−1) - from density − ε for the smallest to density + ε for the largest, mean
     density. Survivors are rescaled by 1/qᵣ ("inverse", the paper's 1/(1 − pᵢ), unbiased entry by entry), to
-    keep the tensor's L1 norm ("l1", mergekit's ``rescale: true``) or not at all ("none")."""
+    keep the tensor's L1 norm ("l1", mergekit's ``rescale: true``) or not at all ("none").
+
+    Rows are independent but for "l1", so ``tau`` may be a block of rows (drawn in order from one generator). The
+    uniform draws are float64 from the CPU's generator, so a seed's masks are the same on every device."""
     if density >= 1:
         return tau
     rows = tau.reshape(tau.shape[0], -1) if tau.dim() >= 2 else tau.reshape(1, -1)
     n = rows.shape[1]
-    ranks = torch.argsort(torch.argsort(rows.abs(), dim=1, stable=True), dim=1).double()
+    order = torch.argsort(rows.abs(), dim=1, stable=True)
+    # each entry's rank is the inverse permutation of the order: a scatter, where a second argsort would sort again
+    ranks = torch.empty_like(order).scatter_(1, order, torch.arange(n, device=rows.device).expand_as(order)).double()
     spread = ranks / (n - 1) if n > 1 else torch.full_like(ranks, 0.5)
     q = (density - epsilon) + 2 * epsilon * spread
-    kept = rows * (torch.rand(rows.shape, generator=generator, dtype=torch.float64) < q)
+    draws = torch.rand(rows.shape, generator=generator, dtype=torch.float64).to(rows.device)
+    kept = rows * (draws < q)
     if rescale == "inverse":
         kept = kept / q
     elif rescale == "l1":
@@ -93,12 +99,17 @@ def magprune(tau, density: float, epsilon: float, rescale: str, generator):
     return kept.reshape(tau.shape)
 
 
-def _della(tensors, base, ctx, density, epsilon, rescale, seed, method):
+def _della(tensors, base, w, ctx, density, epsilon, rescale, lam, seed, method, combine):
+    """θ₀ + λ·combine(MAGPRUNE(τᵢ)), row block by row block (one block for the L1 rescale), in float64: MAGPRUNE
+    ranks |τᵢ| within a row, and θᵢ − θ₀ taken in float32 ties entries that float64 tells apart (where θᵢ and θ₀
+    differ in sign: about 0.03% of SmolLM2's entries), which would move their keep probabilities by a rank."""
     if density < 1 and not (0 < density - epsilon and density + epsilon < 1):
         raise MergeError(f"{method}: density ± epsilon must lie inside (0, 1), got density={density}, "
                          f"epsilon={epsilon}; fix: epsilon < {min(density, 1 - density):.6g}")
-    return torch.stack([magprune(t, density, epsilon, rescale, tensor_generator(seed, ctx["name"], i))
-                        for i, t in enumerate(_taus(tensors, base))])
+    gens = [tensor_generator(seed, ctx["name"], i) for i in range(len(tensors))]
+    return task_vector_merge(tensors, base, w, ctx, lam, combine,
+                             lambda tau, i: magprune(tau, density, epsilon, rescale, gens[i]),
+                             whole=rescale == "l1" and density < 1, dtype=torch.float64)
 
 
 DELLA_OPTIONS = {
@@ -120,7 +131,7 @@ def della(tensors, base, w, ctx, *, density=0.5, epsilon=0.15, rescale="inverse"
     the survivors, Elect a sign per entry s = sgn(Σ wᵢτ̃ᵢ), and Fuse the agreeing entries by their mean:
     θ = θ₀ + λ·τ_M. mergekit's ``della`` (density, epsilon, lambda; weight = wᵢ; normalize on). Masks are seeded
     per tensor and expert."""
-    return base.double() + lam * disjoint_merge(_della(tensors, base, ctx, density, epsilon, rescale, seed, "della"), w)
+    return _della(tensors, base, w, ctx, density, epsilon, rescale, lam, seed, "della", disjoint_merge)
 
 
 @register("della_linear", "DELLA-linear: MAGPRUNE drops + rescale, then θ₀ + λΣwᵢτ̃ᵢ (no sign election)",
@@ -128,8 +139,7 @@ def della(tensors, base, w, ctx, *, density=0.5, epsilon=0.15, rescale="inverse"
 def della_linear(tensors, base, w, ctx, *, density=0.5, epsilon=0.15, rescale="inverse", lam=1.0, seed=0):
     """DELLA's drop and rescale (:func:`magprune`) followed by task arithmetic, θ = θ₀ + λ Σ wᵢτ̃ᵢ (mergekit's
     ``della_linear``, normalize off). Masks are seeded per tensor and expert."""
-    taus = _della(tensors, base, ctx, density, epsilon, rescale, seed, "della_linear")
-    return base.double() + lam * (bcast(w, taus[0]) * taus).sum(0)
+    return _della(tensors, base, w, ctx, density, epsilon, rescale, lam, seed, "della_linear", weighted_sum)
 
 
 # ---------------------------------------------------------------------------------------------- SCE
