@@ -47,11 +47,12 @@ class LazyState(Mapping):
         dtype = _FROM_NAME[info["dtype"]]
         if end == begin:
             return torch.empty(shape, dtype=dtype)
-        buf = bytearray(end - begin)
+        buf = torch.empty(end - begin, dtype=torch.uint8)  # not zero-filled: the read writes every byte
         with open(self.path, "rb") as f:
             f.seek(self._start + begin)
-            f.readinto(buf)
-        return torch.frombuffer(buf, dtype=dtype).reshape(shape)
+            if f.readinto(buf.numpy()) != end - begin:
+                raise MergeError(f"{self.path} ends inside tensor {name!r}; fix: the file is truncated, write it again")
+        return buf.view(dtype).reshape(shape)
 
     def __iter__(self):
         return iter(sorted(self._header, key=lambda n: self._header[n]["data_offsets"][0]))
@@ -139,7 +140,7 @@ class SafetensorsWriter:
         dtype, shape = self.layout[name]
         if _DTYPES[tensor.dtype] != dtype or tuple(tensor.shape) != tuple(shape):
             raise MergeError(f"{name}: got {_DTYPES[tensor.dtype]}{tuple(tensor.shape)}, layout says {dtype}{shape}")
-        self._f.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        self._f.write(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # no copy of the bytes
         self._next += 1
 
     def __exit__(self, exc_type, exc, tb) -> None:
