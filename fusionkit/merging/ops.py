@@ -173,12 +173,21 @@ def tensor_generator(seed: int, name: str, i: int):
 def slerp(a, b, t: float, eps: float = 5e-4):
     """Spherical interpolation of two tensors (flattened); linear when they are within ``eps`` of colinear."""
     a64, b64 = a.double().reshape(-1), b.double().reshape(-1)
+    return slerp_mix(a64, b64, slerp_cosine(a64, b64), t, eps).view(a.shape).to(a.dtype)
+
+
+def slerp_cosine(a64, b64):
+    """cos Ω between two flattened float64 tensors (1 when either is zero). It does not depend on t, so a path
+    of many t computes it once per tensor (:func:`fusionkit.merging.landscape.path`)."""
     na, nb = a64.norm(), b64.norm()
-    cos = torch.clamp((a64 / na) @ (b64 / nb), -1.0, 1.0) if na > 0 and nb > 0 else torch.tensor(1.0)
+    return torch.clamp((a64 / na) @ (b64 / nb), -1.0, 1.0) if na > 0 and nb > 0 else torch.tensor(1.0)
+
+
+def slerp_mix(a64, b64, cos, t: float, eps: float = 5e-4):
+    """sin((1 − t)Ω)/sin Ω · a + sin(tΩ)/sin Ω · b in float64, Ω = arccos(cos); the line when |cos| is within
+    ``eps`` of 1 (there sin Ω → 0 and the arc is the chord anyway)."""
     if 1 - cos.abs() < eps:
-        out = (1 - t) * a64 + t * b64
-    else:
-        omega = torch.arccos(cos)
-        so = torch.sin(omega)
-        out = (torch.sin((1 - t) * omega) / so) * a64 + (torch.sin(t * omega) / so) * b64
-    return out.view(a.shape).to(a.dtype)
+        return (1 - t) * a64 + t * b64
+    omega = torch.arccos(cos)
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so) * a64 + (torch.sin(t * omega) / so) * b64
