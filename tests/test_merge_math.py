@@ -299,6 +299,20 @@ def test_lazy_state_reads_what_safetensors_wrote(tmp_path):
         assert torch.equal(lazy[k], v) and lazy[k].dtype == v.dtype
 
 
+def test_a_reused_read_buffer_gives_each_tensor_until_the_next_read(tmp_path):
+    from safetensors.torch import save_file
+
+    from fusionkit.merging.safetensors_io import lazy_state
+
+    tensors = {"small": torch.randn(3), "big": torch.randn(40, 5), "half": torch.randn(7).to(torch.bfloat16),
+               "int": torch.arange(4), "empty": torch.zeros(0, 2)}
+    save_file(tensors, str(tmp_path / "x.safetensors"))
+    reused = lazy_state(tmp_path / "x.safetensors", reuse=True)
+    for _ in range(2):  # the buffer grows to the largest, then serves the small ones
+        for k, v in tensors.items():
+            assert torch.equal(reused[k], v) and reused[k].dtype == v.dtype
+
+
 def test_options_and_defaults_come_from_the_signature():
     """Each option's default is written once, in the method's signature; the registry reads it from there."""
     import inspect

@@ -129,9 +129,10 @@ def merge_files(method: str, experts: list, out: str, base=None, stats: list[dic
     merged and written before the next is read, so memory stays near one tensor per input. Each input (and
     ``base``) is one file or the list of a sharded checkpoint's files (``base`` also a ready mapping of
     tensors); the output is one file. ``device="auto"`` computes on a GPU when present (see :func:`merge`)."""
-    states = [lazy_state(p) for p in experts]
+    # each input is read into one reused buffer: a tensor is merged and written before the next is read
+    states = [lazy_state(p, reuse=True) for p in experts]
     # ``base`` may also be a ready view (statedict.Renamed: a bare backbone under the experts' names)
-    base_state = None if base is None else base if isinstance(base, Mapping) else lazy_state(base)
+    base_state = None if base is None else base if isinstance(base, Mapping) else lazy_state(base, reuse=True)
     ref = states[0]
     layout = {n: (ref.dtype_name(n), ref.shape(n)) for n in options.get("names") or ref}
     with SafetensorsWriter(out, layout, metadata={"format": "pt", "merge_method": method}) as writer:

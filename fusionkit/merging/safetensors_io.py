@@ -29,10 +29,12 @@ class LazyState(Mapping):
     Each access is one positioned read of that tensor's bytes (no memory map, so file pages stay in the OS
     page cache instead of the process's resident memory). Merging through these keeps one tensor per input
     in memory at a time instead of N whole models. ``shape(name)`` and ``dtype_name(name)`` come from the header.
+    With a :class:`ReadBuffer` every tensor is read into that one buffer, valid until the next read.
     """
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, buffer: "ReadBuffer | None" = None):
         self.path = str(path)
+        self._buffer = buffer
         with open(self.path, "rb") as f:
             (n,) = struct.unpack("<Q", f.read(8))
             header = json.loads(f.read(n))
@@ -47,7 +49,8 @@ class LazyState(Mapping):
         dtype = _FROM_NAME[info["dtype"]]
         if end == begin:
             return torch.empty(shape, dtype=dtype)
-        buf = torch.empty(end - begin, dtype=torch.uint8)  # not zero-filled: the read writes every byte
+        # not zero-filled: the read writes every byte
+        buf = torch.empty(end - begin, dtype=torch.uint8) if self._buffer is None else self._buffer.take(end - begin)
         with open(self.path, "rb") as f:
             f.seek(self._start + begin)
             if f.readinto(buf.numpy()) != end - begin:
@@ -73,9 +76,9 @@ class LazyState(Mapping):
 class ShardedState(Mapping):
     """:class:`LazyState` over a sharded checkpoint (``model-0000i-of-0000n.safetensors``): one view, same calls."""
 
-    def __init__(self, paths: list[str | os.PathLike]):
+    def __init__(self, paths: list[str | os.PathLike], buffer: "ReadBuffer | None" = None):
         self.path = str(paths[0])
-        self._shards = [LazyState(p) for p in paths]
+        self._shards = [LazyState(p, buffer) for p in paths]
         self._where = {name: shard for shard in self._shards for name in shard}
 
     def __getitem__(self, name: str) -> torch.Tensor:
@@ -94,11 +97,29 @@ class ShardedState(Mapping):
         return self._where[name].dtype_name(name)
 
 
-def lazy_state(files: str | os.PathLike | list) -> LazyState | ShardedState:
-    """A lazy view of one safetensors file, or of a list of shards."""
+class ReadBuffer:
+    """One buffer that a view reads every tensor into, grown to the largest so far: a streaming merge reads each
+    tensor once and writes its merge before the next read, so the buffer can be reused - and reused memory is
+    already mapped, where a fresh buffer per tensor costs a page fault per 4 KiB (on this project's CPU machine
+    reading SmolLM2-135M's three experts took 0.95 s into fresh buffers, 0.35 s into one)."""
+
+    def __init__(self):
+        self._bytes = None
+
+    def take(self, size: int) -> torch.Tensor:
+        if self._bytes is None or self._bytes.numel() < size:
+            self._bytes = None  # release the smaller one first
+            self._bytes = torch.empty(size, dtype=torch.uint8)
+        return self._bytes[:size]
+
+
+def lazy_state(files: str | os.PathLike | list, reuse: bool = False) -> LazyState | ShardedState:
+    """A lazy view of one safetensors file, or of a list of shards. ``reuse=True``: every tensor is read into one
+    :class:`ReadBuffer` and is valid only until the view's next read (for streaming, one tensor at a time)."""
+    buffer = ReadBuffer() if reuse else None
     if isinstance(files, (list, tuple)):
-        return LazyState(files[0]) if len(files) == 1 else ShardedState(list(files))
-    return LazyState(files)
+        return LazyState(files[0], buffer) if len(files) == 1 else ShardedState(list(files), buffer)
+    return LazyState(files, buffer)
 
 
 class SafetensorsWriter:
