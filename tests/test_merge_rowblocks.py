@@ -55,7 +55,8 @@ def test_trim_cut_is_the_whole_tensors_kth_value(monkeypatch, density, quantized
     k = max(1, round(density * tau.numel()))
     want = tau.abs().kthvalue(tau.numel() - k + 1).values
     blocked(monkeypatch, 30)
-    monkeypatch.setattr(ops, "CUT_SAMPLE", 200)  # the sampled bracket, on a tensor of 1261 entries
+    monkeypatch.setattr(ops, "CUT_WHOLE", 1)  # the sampled bracket, on a tensor of 1261 entries
+    monkeypatch.setattr(ops, "CUT_SAMPLE", 200)
     assert torch.equal(trim_cut(x, ref, density), want)
     monkeypatch.setattr(ops, "CUT_SIGMAS", 0.0)  # a bracket of zero width: it misses, and the fallback selects
     assert torch.equal(trim_cut(x, ref, density), want)

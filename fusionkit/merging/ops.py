@@ -59,8 +59,9 @@ def weighted_sum(tensors, w, ref=None):
     return out
 
 
-# Sample size that brackets the cut, and the bracket's half-width in standard deviations of the sample rank.
-CUT_SAMPLE, CUT_SIGMAS = 1 << 16, 5.0
+# Tensors of up to CUT_WHOLE row blocks are selected whole (|τ| of 16 blocks is small next to the largest tensor);
+# larger ones by a sample of CUT_SAMPLE entries and a bracket of CUT_SIGMAS standard deviations of its rank.
+CUT_WHOLE, CUT_SAMPLE, CUT_SIGMAS = 16, 1 << 16, 5.0
 
 
 def trim_cut(x, ref, density: float, device=None):
@@ -68,11 +69,12 @@ def trim_cut(x, ref, density: float, device=None):
     (at least 1) - ``kthvalue``'s (n − k + 1)-th smallest, ties counted - taken over the whole tensor but without
     holding |τ| whole; ``None`` for density ≥ 1 (nothing is trimmed).
 
-    A tensor of one row block is selected directly. A larger one by Floyd & Rivest's sampling select ("Expected time
-    bounds for selection", CACM 1975): order statistics of a fixed sample around rank k·m/n bracket the cut,
-    [lo, hi]; one pass over row blocks counts the entries above hi and keeps those within [lo, hi] (a few percent),
-    and the cut is the right order statistic among them. The bracket misses with probability below 1e-6 (5 σ of the
-    sample rank); then |τ| is selected whole. Either way the value is exactly kthvalue's."""
+    A tensor of up to ``CUT_WHOLE`` row blocks is selected directly. A larger one (an embedding matrix) by Floyd &
+    Rivest's sampling select ("Expected time bounds for selection", CACM 1975): order statistics of a fixed sample
+    around rank k·m/n bracket the cut, [lo, hi]; one pass over row blocks counts the entries above hi and keeps
+    those within [lo, hi] (a few percent), and the cut is the right order statistic among them. The bracket misses
+    with probability below 1e-6 (5 σ of the sample rank); then |τ| is selected whole. Either way the value is
+    exactly kthvalue's."""
     if density >= 1.0:
         return None
     device = compute_device({"device": device}, x)
@@ -80,21 +82,22 @@ def trim_cut(x, ref, density: float, device=None):
     n = x.numel()
     k = max(1, int(round(density * n)))
     slices = row_slices(x, device)
-    if len(slices) <= 1:
+    if len(slices) <= CUT_WHOLE:
         return _kth_largest(_abs_tau(x, ref, slice(None), device, dtype).reshape(-1), k)
-    idx = torch.randint(n, (min(n, CUT_SAMPLE),), generator=torch.Generator().manual_seed(n))
+    m = min(n // 8, CUT_SAMPLE)
+    idx = torch.randint(n, (m,), generator=torch.Generator().manual_seed(n))
     at = lambda t: as_rows(t).reshape(-1)[idx].to(device, dtype)  # noqa: E731
-    sample = (at(x) - (0 if ref is None else at(ref))).abs().sort(descending=True).values
-    m = sample.numel()
+    sample = (at(x) - (0 if ref is None else at(ref))).abs()
     rank = k * m / n
     spread = CUT_SIGMAS * (rank * (1 - k / n)) ** 0.5 + 2
-    hi = float(sample[int(rank - spread) - 1]) if rank - spread >= 1 else float("inf")
-    lo = float(sample[int(rank + spread)]) if rank + spread < m else 0.0
+    hi = float(_kth_largest(sample, int(rank - spread))) if rank - spread >= 1 else float("inf")
+    lo = float(_kth_largest(sample, int(rank + spread) + 1)) if rank + spread < m else 0.0
     above, between = 0, []
     for rows in slices:
         a = _abs_tau(x, ref, rows, device, dtype)
+        a = a[a >= lo]  # the top ~density of the entries: the two comparisons below run on these alone
         above += int((a > hi).sum())
-        between.append(a[(a >= lo) & (a <= hi)])
+        between.append(a[a <= hi])
     between = torch.cat(between)
     if above < k <= above + between.numel():
         return _kth_largest(between, k - above)
@@ -102,8 +105,8 @@ def trim_cut(x, ref, density: float, device=None):
 
 
 def _abs_tau(x, ref, rows, device, dtype):
-    block = row_block(x, rows, device, dtype)
-    return (block if ref is None else block - row_block(ref, rows, device, dtype)).abs()
+    block = row_block(x, rows, device, dtype)  # may be a view of x: never changed in place
+    return block.abs() if ref is None else (block - row_block(ref, rows, device, dtype)).abs_()
 
 
 def _kth_largest(values, k: int):
@@ -145,7 +148,9 @@ def disjoint_merge(taus, w):
     flat = taus.reshape(len(taus), -1)
     w = w.to(flat.device, flat.dtype)
     sign = torch.sign(w @ flat)
-    agree = ((torch.sign(flat) == sign) & (sign != 0)).to(flat.dtype)  # τᵢ ≠ 0 with the elected sign
+    # τᵢ with the elected sign; where nothing is elected (sign 0) only τᵢ = 0 "agrees", adding 0 to the numerator,
+    # so that entry's mean is 0 as if none agreed
+    agree = (torch.sign(flat) == sign).to(flat.dtype)
     num, den = w @ (flat * agree), w @ agree
     return torch.where(den != 0, num / den.clamp_min(1e-30), torch.zeros_like(num)).view(taus.shape[1:])
 
