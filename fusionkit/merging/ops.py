@@ -53,10 +53,13 @@ def weighted_sum(tensors, w, ref=None):
     an input is): memory stays at one extra tensor however many experts there are. With ``ref`` a nearby tensor (θ₀,
     or one of the experts) float32 sums small exact differences, so it loses nothing that survives rounding to θ."""
     dtype = working_dtype(ref, *tensors)
-    out = torch.zeros(tensors[0].shape, dtype=dtype, device=tensors[0].device)
+    out = None
     for wi, t in zip(w.tolist(), tensors):
-        out.add_(t.to(dtype) if ref is None else t.to(dtype) - ref.to(dtype), alpha=wi)
-    return out
+        if t is ref:  # the reference itself adds 0
+            continue
+        term = t.to(dtype) if ref is None else t.to(dtype) - ref.to(dtype)
+        out = term * wi if out is None else out.add_(term, alpha=wi)  # the first term: a new tensor, never an input
+    return torch.zeros(tensors[0].shape, dtype=dtype, device=tensors[0].device) if out is None else out
 
 
 # Tensors of up to CUT_WHOLE row blocks are selected whole (|τ| of 16 blocks is small next to the largest tensor);

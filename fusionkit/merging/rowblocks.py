@@ -62,15 +62,17 @@ def row_block(t, rows: slice, device, dtype):
 
 def map_rows(fn: Callable, tensors: list, ctx: dict | None = None, whole: bool = False, dtype=None):
     """``fn(*blocks)`` over row blocks of ``tensors`` (all of one shape; ``None`` entries are passed as ``None``),
-    assembled into one tensor of their shape in ``dtype`` (default: the working dtype), on the first tensor's device.
+    computed in ``dtype`` (default: the working dtype) and assembled into one tensor of their shape in the working
+    dtype - a float64 block of float32 inputs is rounded once, as the driver would - on the first tensor's device.
 
     ``fn`` gets each tensor's rows as ``[r, columns]`` on the compute device and returns the merged rows; it must not
     write to its arguments (they may be views of the inputs). Blocks are visited in order, so a random generator
     ``fn`` draws from gives the same stream as one draw over the whole tensor. ``whole=True``: one block."""
     ref = next(t for t in tensors if t is not None)
-    device, dtype = compute_device(ctx, ref), dtype or working_dtype(*tensors)
-    out = torch.empty(ref.shape, dtype=dtype, device=ref.device)
+    device, stored = compute_device(ctx, ref), working_dtype(*tensors)
+    dtype = dtype or stored
+    out = torch.empty(ref.shape, dtype=stored, device=ref.device)
     view = as_rows(out)
     for rows in row_slices(ref, device, whole):
-        view[rows] = fn(*(row_block(t, rows, device, dtype) for t in tensors))
+        view[rows].copy_(fn(*(row_block(t, rows, device, dtype) for t in tensors)))  # back from the device
     return out
