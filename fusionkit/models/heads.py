@@ -15,6 +15,7 @@ Explicitly given heads always win: they are kept fixed whatever the label spaces
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from ..core.errors import FusionkitError
@@ -103,12 +104,26 @@ def head_policy(experts, heads: dict[str, StateDict] | None = None,
 
 
 def base_state(base: str, labels: list[str], seed: int) -> StateDict:
-    """θ₀ as the experts saw it: the pretrained body and the seeded head initialisation."""
+    """θ₀ as the experts saw it: the pretrained body and the seeded head initialisation.
+
+    A notebook merges dozens of times against the same bundled θ₀, so a bundled base's state is kept per
+    (base, labels, seed) and each call gets its own copy of the tensors (a copy is milliseconds; loading the model
+    is most of a second), so a caller that changes θ₀ in place cannot change the next merge's. Any other base (a
+    folder that may change on disk, a hub id) is loaded on every call."""
+    from ..data.assets import BASES
+
+    if base not in BASES:
+        return _base_state.__wrapped__(base, tuple(labels), seed)
+    return {n: t.clone() for n, t in _base_state(base, tuple(labels), seed).items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _base_state(base: str, labels: tuple[str, ...], seed: int) -> StateDict:
     import torch
 
     from ..data.assets import load_base
 
     with torch.random.fork_rng():  # reproduce the experts' head initialisation without touching the caller's RNG
         torch.manual_seed(seed)  # finetune seeds the same way before creating the head
-        model, _ = load_base(base, labels=labels)
+        model, _ = load_base(base, labels=list(labels))
     return model.state_dict()
