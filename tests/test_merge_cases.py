@@ -210,3 +210,17 @@ def test_sign_conflicts_counts_only_entries_kept_by_the_trim():
 def test_layer_of_groups_by_block_else_top_module(name, group):
     """layer_of names transformer blocks 'layer NN' (BERT, llama, GPT-2 spellings), else the top module."""
     assert layer_of(name) == group
+
+
+
+def test_ties_disjoint_mean_with_a_negative_coefficient_is_the_formula_not_a_blow_up():
+    """Σ wᵢτᵢ / Σ wᵢ over the agreeing experts, whatever the sign of the denominator: with w = (1, −2) and τ = (10, 1)
+    both agree with s = sgn(10 − 2) = + and the mean is (10 − 2) / (1 − 2) = −8 (a denominator clamped to a tiny
+    positive number gave 8e30)."""
+    from fusionkit.merging.ops import disjoint_merge
+
+    w = torch.tensor([1.0, -2.0])
+    assert torch.equal(disjoint_merge(torch.tensor([[10.0], [1.0]]), w), torch.tensor([-8.0]))
+    # and the ordinary cases stay: one agreeing expert gives its τ, none gives 0
+    assert torch.equal(disjoint_merge(torch.tensor([[-1.0, 1.0], [3.0, 0.0]]), torch.tensor([1.0, 0.5])),
+                       torch.tensor([3.0, 1.0]))

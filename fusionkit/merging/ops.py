@@ -155,7 +155,10 @@ def disjoint_merge(taus, w):
     # so that entry's mean is 0 as if none agreed
     agree = (torch.sign(flat) == sign).to(flat.dtype)
     num, den = w @ (flat * agree), w @ agree
-    return torch.where(den != 0, num / den.clamp_min(1e-30), torch.zeros_like(num)).view(taus.shape[1:])
+    # a negative coefficient can make the denominator negative: divide wherever it is not 0 (a clamp to a tiny
+    # positive number would turn those entries into huge ones)
+    return torch.where(den != 0, num / torch.where(den != 0, den, torch.ones_like(den)),
+                       torch.zeros_like(num)).view(taus.shape[1:])
 
 
 def dare(tau, p: float, rescale: str, generator):
