@@ -10,7 +10,8 @@ different label spaces merge their bodies and each keeps its own head, one loada
 beside it, so ``out`` loads with ``from_pretrained``. ``data`` scores the merge against every input: a CSV
 (``text``, ``label`` columns; labels named as in the models' ``id2label``) gives test accuracy on the split
 :func:`~fusionkit.data.tasks.task_from` holds out, a text file (one text per line) gives perplexity of a causal
-LM; each comparison carries a paired bootstrap interval. RegMean and Fisher measure their statistics on the
+LM on every line (or, when RegMean or Fisher measure their statistics on the file, on the tenth held out from them);
+each comparison carries a paired bootstrap interval. RegMean and Fisher measure their statistics on the
 data's training split for every model (each model's own data would be the paper's setting: say so in the note).
 ``out`` is written atomically and never replaces an input. The base may be the bare pretrained backbone the
 checkpoints came from (``BertModel``, no head - :func:`~fusionkit.models.checkpoints.base_from`): θ₀ of the body
@@ -24,10 +25,9 @@ from pathlib import Path
 
 from ..core import manifest
 from ..core.cache import atomic_dir, sha256_file, write_json
-from ..core.errors import MergeError, TaskError
+from ..core.errors import MergeError
 from ..core.intervals import paired_bootstrap
 from ..core.versioning import package_versions
-from ..data.tasks import task_from
 from ..models.checkpoints import INDEX, PICKLES, WEIGHTS, Checkpoint, base_from, expert_from
 from ..models.experts import check_experts
 from ..models.heads import shared_label_space
@@ -65,7 +65,7 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
                          "split, scores on the held-out one) or use a data-free method")
     task = texts = None
     if data is not None:
-        task, texts = _data(data, experts[0], eval_all)
+        task, texts = _data(data, experts[0], eval_all, holdout=bool(m.stats) and stats_files is None)
     stats = None
     if stats_files is not None:  # published statistics instead of data: each checked against its model's hash
         from .stats_files import load_stats
@@ -103,8 +103,10 @@ def merge_checkpoints(method: str, models: list, out: str | Path, base=None, dat
             notes.append(f"{m.stats} statistics read from {', '.join(str(f) for f in stats_files)}")
         elif m.stats:
             notes.append(f"{m.stats} statistics of every model were measured on the training split of {data} "
-                         "(the paper measures each model on its own training data)")
-        scores = None if data is None else _score(experts, base_e, LazyState(tmp / WEIGHTS), task, texts,
+                         "(the paper measures each model on its own training data)"
+                         + ("; scored on the held-out tenth" if experts[0].kind == "causal" and data else ""))
+        scores = None if data is None else _score(experts, base_e, LazyState(tmp / WEIGHTS),
+                                                  task if texts is None else None, texts,
                                                   precision, max_length, device)
         report = {
             "method": method, "options": dict(res.options), "kind": experts[0].kind,
@@ -177,32 +179,35 @@ def _check(experts: list[Checkpoint], base: Checkpoint | None, out, m, data, pub
     if m.needs_base and base is None:
         raise MergeError(f"{m.name} needs the base model θ₀ the checkpoints were fine-tuned from; fix: pass "
                          "--base FOLDER (base= in Python): the checkpoint they were fine-tuned from, with or without its head")
-    if m.stats and ((data is None and not published_stats) or first.kind != "classifier"):
-        raise MergeError(f"{m.name} needs {m.stats} statistics measured on a classifier's labelled data; fix: pass "
-                         "--data CSV for classifiers (or --stats FILES written by fusionkit stats), or use a data-free "
-                         "method for causal LMs")
+    if m.stats and data is None and not published_stats:
+        raise MergeError(f"{m.name} needs {m.stats} statistics measured on data; fix: pass --data (a CSV for "
+                         "classifiers, a text file for causal LMs) or --stats FILES written by fusionkit stats")
     target = Path(out).resolve()
     for e in experts + ([base] if base is not None else []):
         if target == e.path.resolve() or e.path.resolve() in target.parents:
             raise MergeError(f"--out {out} is (inside) the input {e.path}; fix: write the merge to a new folder")
 
 
-def _data(data, first: Checkpoint, eval_all: bool = False):
-    path = Path(data)
-    if first.kind == "classifier":
-        if path.suffix.lower() != ".csv":
-            raise TaskError(f"{data}: a classifier is scored on a CSV with text and label columns; fix: pass a .csv")
-        task = task_from(path, name=path.stem, label_names=first.recipe["labels"])
-        if eval_all:  # every row is the test split: the same rows, labels checked by task_from
-            import datasets
+def _data(data, first: Checkpoint, eval_all: bool = False, holdout: bool = False):
+    """``(task, texts)``: a classifier's task (scored on its held-out split, or every row with ``eval_all``); a
+    causal LM's texts - every line, or with ``holdout`` (statistics are measured on the file) the held-out tenth,
+    the rest being the task whose training split the statistics read."""
+    from ..models.checkpoints import check_data_format, checkpoint_task
 
-            every = datasets.concatenate_datasets([task.data[s] for s in ("train", "validation", "test")])
-            task = type(task)(task.name, datasets.DatasetDict(train=every, validation=every, test=every),
-                              task.metric, task.description)
-        return task, None
-    from ..models.perplexity import read_texts
+    if first.kind == "causal" and not holdout:
+        from ..models.perplexity import read_texts
 
-    return None, read_texts(path)
+        return None, read_texts(check_data_format(first, data))
+    task = checkpoint_task(first, data)
+    if first.kind == "causal":
+        return task, list(task.data["test"]["text"])
+    if eval_all:  # every row is the test split: the same rows, labels checked by task_from
+        import datasets
+
+        every = datasets.concatenate_datasets([task.data[s] for s in ("train", "validation", "test")])
+        task = type(task)(task.name, datasets.DatasetDict(train=every, validation=every, test=every),
+                          task.metric, task.description)
+    return task, None
 
 
 def _score(experts, base, merged_state, task, texts, precision, max_length, device) -> dict:

@@ -7,7 +7,9 @@
 * **Diagonal Fisher** (Matena & Raffel 2022): F = E_x E_y [(∂ log p(y|x)/∂θ)²], estimated from
   *per-example* gradients (squaring a batch-mean gradient, as the reference does, underestimates it).
   The label y is ``"sample"``d from the model (the true Fisher), its ``"argmax"``, or the ``"gold"``
-  label (the "empirical" Fisher).
+  label (the "empirical" Fisher). For a causal LM an example is a text and log p(y|x) is the mean over its
+  positions of log p(yₜ | x<ₜ) (the LM loss of one text; the mean keeps long texts from dominating), each yₜ
+  sampled from the model's next-token distribution, its argmax, or the text's own next token ("gold").
 
 Statistics are saved as safetensors under ``cache/stats/<expert id>/`` named by a hash of what was measured and of
 this module's code (:func:`~fusionkit.core.versioning.code_version`), so changed measuring code measures again.
@@ -27,6 +29,7 @@ from ..core.errors import MergeError
 from ..core.runtime import pick_device
 from ..core.versioning import code_version
 from ..data.tasks import Task
+from ..models.lm_evaluator import is_causal
 from .methods.fisher import VARIANTS as FISHER_VARIANTS
 
 
@@ -87,17 +90,23 @@ def fisher_stats(model, tokenizer, task: Task, examples: int = 128, variant: str
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in params.items()}
     gen = torch.Generator().manual_seed(seed)
     data = _examples(task, examples, seed)
+    causal = is_causal(model)
     for row in data:
         batch = tokenizer(row["text"], truncation=True, max_length=max_length, return_tensors="pt").to(device)
-        log_probs = torch.log_softmax(model(**batch).logits[0].float(), -1)
+        if causal and batch["input_ids"].shape[1] < 2:
+            continue  # nothing to predict: the example adds no gradient (still counted, as for a classifier)
+        logits = model(**batch).logits[0].float()
+        log_probs = torch.log_softmax(logits[:-1] if causal else logits, -1)  # an LM predicts positions 1..T-1
         if variant == "sample":
-            y = int(torch.multinomial(log_probs.detach().exp().cpu(), 1, generator=gen))
+            y = torch.multinomial(log_probs.detach().exp().cpu().reshape(-1, log_probs.shape[-1]), 1,
+                                  generator=gen)[:, 0].reshape(log_probs.shape[:-1])
         elif variant == "argmax":
-            y = int(log_probs.argmax())
+            y = log_probs.detach().argmax(-1)
         else:
-            y = int(row["label"])
+            y = batch["input_ids"][0, 1:] if causal else torch.tensor(int(row["label"]))
+        y = y.to(log_probs.device)
         model.zero_grad(set_to_none=True)
-        log_probs[y].backward()
+        (log_probs.gather(-1, y[:, None]).mean() if causal else log_probs[y]).backward()
         got = [n for n, p in params.items() if p.grad is not None]
         grads = [params[n].grad.detach().float() for n in got]
         torch._foreach_addcmul_([fisher[n] for n in got], grads, grads)

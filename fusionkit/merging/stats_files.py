@@ -74,21 +74,16 @@ def load_stats(path: str | Path, kind: str, checkpoint=None) -> tuple[dict, dict
 
 def measure_to_file(kind: str, model, data: str | Path, out: str | Path, examples: int | None = None,
                     max_length: int = 128, seed: int = 0, variant: str = "sample") -> dict:
-    """Measure ``kind`` statistics of a checkpoint folder (or hub id) on the training split of ``data`` (a CSV with
-    text and label columns, split as ``task_from`` splits it) and write them to ``out``."""
-    from ..data.tasks import task_from
-    from ..models.checkpoints import Checkpoint, expert_from
+    """Measure ``kind`` statistics of a checkpoint folder (or hub id) on the training split of ``data`` (a classifier's
+    CSV with text and label columns, a causal LM's text file: :func:`~fusionkit.models.checkpoints.checkpoint_task`)
+    and write them to ``out``."""
+    from ..models.checkpoints import Checkpoint, checkpoint_task, expert_from
     from .statistics import _defaults, expert_stats
 
     if kind not in ("gram", "fisher"):
         raise MergeError(f"unknown statistics {kind!r}; fix: gram (RegMean) or fisher")
     ck = model if isinstance(model, Checkpoint) else expert_from(model)
-    if ck.kind != "classifier":
-        raise MergeError(f"{ck.name} is a {ck.kind}; statistics are measured on a classifier's labelled CSV; fix: "
-                         "pass a sequence-classification checkpoint")
-    if Path(data).suffix.lower() != ".csv":
-        raise MergeError(f"{data}: statistics are measured on a CSV with text and label columns; fix: pass a .csv")
-    task = task_from(data, name=Path(data).stem, label_names=ck.recipe["labels"])
+    task = checkpoint_task(ck, data)
     settings = {"max_length": max_length, "seed": seed, **({"variant": variant} if kind == "fisher" else {})}
     if examples is not None:
         settings["examples"] = examples

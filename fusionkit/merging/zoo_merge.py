@@ -21,7 +21,7 @@ from ..core.errors import MergeError
 from ..core.lazy import lazy_import
 from ..models.evaluator import Evaluator
 from ..models.experts import Expert, check_experts
-from ..models.heads import base_state, head_for, head_policy, shared_label_space, split_head
+from ..models.heads import base_state, fused_heads, head_for, head_policy, shared_label_space, split_head
 from ..models.zoo import Zoo
 from .merge import merge
 from .registry import get_method
@@ -90,7 +90,7 @@ def merge_experts(method: str, experts: list[Expert], train_tasks: dict | None =
     res = merge(method, states, base=base_sd, stats=stats, weights=weights, filter=filter, names=names,
                 labels=[e.name for e in experts], report=True, **options)
     body, merged_head = split_head(res.state, policy.prefixes)
-    heads = {experts[0].task: merged_head} if policy.fused_heads else policy.heads
+    heads = fused_heads(experts, merged_head) if policy.fused_heads else policy.heads
     return Merged(method, res.options, body, heads, policy.fused_heads, experts, res.notes,
                   time.perf_counter() - t0, weights)
 

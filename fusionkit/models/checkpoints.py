@@ -35,10 +35,6 @@ class Checkpoint(Expert):
     ``head_prefixes``, ``base`` and ``source`` (the path or hub id given)."""
 
     @property
-    def kind(self) -> str:
-        return self.recipe["kind"]
-
-    @property
     def id(self) -> str:
         # Folder names repeat ("checkpoint-500"); statistics cached per expert must not collide: name it by the
         # weight files' path, size and modification time (a rewritten checkpoint gets a new id).
@@ -103,6 +99,35 @@ def expert_from(source: str | Path, task=None, name: str | None = None) -> Check
         "source": str(source), "scores": {},
     }
     return Checkpoint(name or path.name, path, recipe)
+
+
+def check_data_format(checkpoint: Checkpoint, data: str | Path) -> Path:
+    """A classifier takes a CSV with text and label columns, a causal LM a text file (one text per line)."""
+    from ..core.errors import TaskError
+
+    path = Path(data)
+    if checkpoint.kind == "classifier" and path.suffix.lower() != ".csv":
+        raise TaskError(f"{data}: a classifier's data is a CSV with text and label columns; fix: pass a .csv")
+    if checkpoint.kind == "causal" and path.suffix.lower() == ".csv":
+        raise TaskError(f"{data}: a causal LM's data is plain text, one text per line; fix: pass a .txt file")
+    if checkpoint.kind not in ("classifier", "causal"):
+        raise MergeError(f"{checkpoint.name} is a {checkpoint.kind}, which has no data format; fix: pass a sequence "
+                         "classifier or a causal LM")
+    return path
+
+
+def checkpoint_task(checkpoint: Checkpoint, data: str | Path):
+    """A checkpoint's data file as a task, split train/validation/test (10% each held out, seeded): a classifier's
+    CSV (labels named as in its ``id2label``), a causal LM's text file (:func:`check_data_format`). The one rule
+    for what data a checkpoint takes (merge scores, statistics)."""
+    path = check_data_format(checkpoint, data)
+    if checkpoint.kind == "classifier":
+        from ..data.tasks import task_from
+
+        return task_from(path, name=path.stem, label_names=checkpoint.recipe["labels"])
+    from ..data.domains import text_task_from
+
+    return text_task_from(path, name=path.stem)
 
 
 def base_from(source: str | Path, like: Checkpoint, name: str | None = None) -> Checkpoint:

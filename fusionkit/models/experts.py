@@ -47,12 +47,21 @@ class Expert:
 
         return guard(self.artefact, lambda path: load_file(path / "model.safetensors"))
 
+    @property
+    def kind(self) -> str:
+        """``classifier`` (a sequence classifier) or ``causal`` (a language model: the ``causal`` zoo)."""
+        return self.recipe.get("kind", "classifier")
+
     def load(self, device="cpu"):
         """``(model, tokenizer)`` as plain transformers objects."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-        model = guard(self.artefact, AutoModelForSequenceClassification.from_pretrained).to(pick_device(device))
-        return model, AutoTokenizer.from_pretrained(self.path)
+        auto = AutoModelForCausalLM if self.kind == "causal" else AutoModelForSequenceClassification
+        model = guard(self.artefact, auto.from_pretrained).to(pick_device(device))
+        tokenizer = AutoTokenizer.from_pretrained(self.path)
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # causal LMs ship without one; batching needs it
+        return model, tokenizer
 
     @property
     def head_prefixes(self) -> tuple[str, ...]:

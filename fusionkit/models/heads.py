@@ -56,6 +56,12 @@ def task_heads(experts, tasks=None, states: list[StateDict] | None = None) -> di
     return heads
 
 
+def fused_heads(experts, head: StateDict) -> dict[str, StateDict]:
+    """Experts that share one label space fused into one model: it serves every one of their tasks (one task for the
+    classifier zoos, each text domain for the causal zoo) with the same, fused head."""
+    return {t: head for t in dict.fromkeys(e.task for e in experts)}
+
+
 def head_for(task: str, expert_task: str, own: StateDict, heads: dict[str, StateDict]) -> StateDict:
     """The head an expert's body is scored with on ``task``: its own if it was trained on that task, else the task's
     head (``heads[task]``) - which asks how well the body serves the task, as merged bodies are scored."""
@@ -112,18 +118,19 @@ def base_state(base: str, labels: list[str], seed: int) -> StateDict:
     folder that may change on disk, a hub id) is loaded on every call."""
     from ..data.assets import BASES
 
+    labels = None if labels is None else tuple(labels)  # None: a causal LM, no classifier head
     if base not in BASES:
-        return _base_state.__wrapped__(base, tuple(labels), seed)
-    return {n: t.clone() for n, t in _base_state(base, tuple(labels), seed).items()}
+        return _base_state.__wrapped__(base, labels, seed)
+    return {n: t.clone() for n, t in _base_state(base, labels, seed).items()}
 
 
 @functools.lru_cache(maxsize=4)
-def _base_state(base: str, labels: tuple[str, ...], seed: int) -> StateDict:
+def _base_state(base: str, labels: tuple[str, ...] | None, seed: int) -> StateDict:
     import torch
 
     from ..data.assets import load_base
 
     with torch.random.fork_rng():  # reproduce the experts' head initialisation without touching the caller's RNG
         torch.manual_seed(seed)  # finetune seeds the same way before creating the head
-        model, _ = load_base(base, labels=list(labels))
+        model, _ = load_base(base, labels=None if labels is None else list(labels))
     return model.state_dict()

@@ -11,25 +11,12 @@ too, so two models can be compared with a paired bootstrap over texts.
 from __future__ import annotations
 
 import math
-from pathlib import Path
-
 import torch
 from torch.func import functional_call
 
 from ..core.errors import TaskError
 from ..core.runtime import pick_device
-
-
-def read_texts(path: str | Path, min_chars: int = 1) -> list[str]:
-    """The non-empty lines of a UTF-8 text file: one text each."""
-    path = Path(path)
-    if not path.is_file():
-        raise TaskError(f"no such file: {path}; fix: pass a UTF-8 text file, one text per line")
-    texts = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-    texts = [t for t in texts if len(t) >= min_chars]
-    if not texts:
-        raise TaskError(f"{path} has no non-empty lines; fix: put one text per line")
-    return texts
+from ..data.domains import read_texts  # noqa: F401  (the one home of the text-file rule; re-exported)
 
 
 @torch.inference_mode()

@@ -34,6 +34,7 @@ from ..core.errors import FusionkitError
 from ..core.runtime import pick_device, resolve_precision
 from ..data.tasks import Task
 from .evaluator import Evaluator
+from .lm_evaluator import evaluator_for
 
 EVAL_SPLITS = ("validation", "test")
 MEASURES = ("score", "both")
@@ -101,7 +102,7 @@ class Scorer(PerThread):
         ev = getattr(self._local, "evaluator", None)
         if ev is None:
             model, tokenizer = self.model.load()
-            ev = Evaluator(model, tokenizer, max_length=self.max_length, batch_size=self.batch_size,
+            ev = evaluator_for(model, tokenizer, max_length=self.max_length, batch_size=self.batch_size,
                            device=self.device, precision=self.precision)
             self._local.evaluator = ev
         return ev

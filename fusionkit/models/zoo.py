@@ -4,6 +4,9 @@
   Different label spaces: each expert keeps its own head (the GLUE-style setting of RegMean, Jin et al. 2023).
 * ``partitions`` - experts on label-skewed (non-IID) partitions of ``topic``: each partition draws 80% of its
   examples from its own quarter of the 20 classes. One label space, so heads can be merged too.
+* ``causal``     - SmolLM2-135M (a llama-architecture causal LM) fine-tuned on four text domains (reviews, plot
+  summaries, tweets, newswire: :mod:`fusionkit.data.domains`), scored by mean log-likelihood per token. One
+  vocabulary, so the LM head is merged with the body; sizes from :data:`fusionkit.core.profiles.CAUSAL`.
 * ``transfer``   - DFWE's setting (Ninalga 2023): the source experts (every multitask expert but sentiment),
   each fine-tuned again on a few-sample ``sentiment`` target, plus the target-only fine-tune of the base
   (FETA's Pretrain→Finetune, Albalak et al. 2022) - in the pool, so an interpolation can always fall back to it.
@@ -76,11 +79,11 @@ class Zoo:
 
     def evaluator(self, precision: str = "float32") -> Evaluator:
         """One live model for scoring this zoo's merges (``precision``: see :class:`~fusionkit.models.evaluator.Evaluator`)."""
-        from .evaluator import Evaluator
+        from .lm_evaluator import evaluator_for
 
         model, tokenizer = self.experts[0].load()
-        return Evaluator(model, tokenizer, max_length=self.profile.max_length,
-                         batch_size=self.profile.eval_batch_size, precision=precision)
+        return evaluator_for(model, tokenizer, max_length=self.profile.max_length,
+                             batch_size=self.profile.eval_batch_size, precision=precision)
 
     def matrix(self, evaluator: Evaluator | None = None, quiet: bool = True) -> dict:
         """``{expert: {task: {"validation": s, "test": s}}}``, cached beside the experts, one per scoring precision
@@ -118,6 +121,9 @@ class Zoo:
         data with their recipe and budget (:func:`~fusionkit.models.multitask.train_multitask`); cached."""
         from .multitask import train_multitask, union_by_task
 
+        if self.experts[0].kind == "causal":
+            raise FusionkitError(f"the {self.name} zoo has no multi-task model (one LM trained on every domain's "
+                                 "texts); fix: compare its merges with each expert and with the base")
         return train_multitask(self.base, union_by_task(self.train_tasks), self.profile,
                                seed=self.experts[0].recipe["seed"], quiet=quiet)
 
@@ -236,7 +242,23 @@ def _transfer(profile: Profile, seed: int, quiet: bool) -> Zoo:
     return Zoo("transfer", profile, {"sentiment": target}, experts, {e.name: target for e in experts})
 
 
-ZOOS = {"multitask": _multitask, "partitions": _partitions, "transfer": _transfer}
+CAUSAL_BASE = "smollm2-135m"
+CAUSAL_DOMAINS = ("reviews", "plots", "tweets", "news")
+
+
+def _causal(profile: Profile, seed: int, quiet: bool) -> Zoo:
+    from ..core.profiles import causal_profile
+    from ..data.domains import load_domain
+    from .lm_training import finetune_lm
+
+    profile = causal_profile(profile)
+    tasks = {d: load_domain(d).subsample({"train": profile.train_examples, "validation": profile.eval_examples,
+                                          "test": profile.eval_examples}, seed=seed) for d in CAUSAL_DOMAINS}
+    experts = [finetune_lm(CAUSAL_BASE, task, profile, seed=seed, quiet=quiet) for task in tasks.values()]
+    return Zoo("causal", profile, tasks, experts, {e.name: tasks[e.task] for e in experts}, base=CAUSAL_BASE)
+
+
+ZOOS = {"multitask": _multitask, "partitions": _partitions, "transfer": _transfer, "causal": _causal}
 
 
 def build_zoo(name: str = "multitask", profile: str | Profile = "smoke", seed: int = 0, quiet: bool = False) -> Zoo:

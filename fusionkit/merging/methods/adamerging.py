@@ -146,6 +146,8 @@ def adamerge(zoo, experts: list[str] | None = None, *, granularity: str = "layer
             for t, size in zip(tasks, sizes):
                 if policy.fused_heads:
                     logits = out.logits[start:start + size]
+                    if logits.dim() == 3:  # a causal LM: the next-token distributions at the real tokens
+                        logits = logits[batch["attention_mask"][start:start + size].bool()]
                 else:
                     logits = torch.func.functional_call(head_module, heads[t], (x[start:start + size],))
                 per_task[t] = entropy(logits)

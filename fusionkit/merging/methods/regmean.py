@@ -58,7 +58,7 @@ def regmean_plus(zoo, evaluator, experts: list[str] | None = None, *, alpha=1.0,
     import time
 
     from ...models.experts import check_experts
-    from ...models.heads import head_policy, split_head
+    from ...models.heads import fused_heads, head_policy, split_head
     from ..merge import merge
     from ..statistics import gram_stats
     from ..zoo_merge import Merged
@@ -71,8 +71,9 @@ def regmean_plus(zoo, evaluator, experts: list[str] | None = None, *, alpha=1.0,
     names = list(policy.fused_part(states[0]))
     block_of = {}
     for n in names:
-        m = re.match(r"^(.*\.layer\.\d+)\.", n)
-        block_of[n] = m.group(1) if m else ("embeddings" if "embeddings" in n else "rest")
+        # a transformer block: BERT's encoder.layer.N, llama's model.layers.N, GPT-2's h.N
+        m = re.match(r"^(.*\.(?:layer|layers|h)\.\d+)\.", n)
+        block_of[n] = m.group(1) if m else ("embeddings" if "embed" in n else "rest")
     order = ["embeddings"] + list(dict.fromkeys(b for b in block_of.values() if b not in ("embeddings", "rest")))
     order.append("rest")
     model, tokenizer = pool[0].load()
@@ -101,7 +102,7 @@ def regmean_plus(zoo, evaluator, experts: list[str] | None = None, *, alpha=1.0,
         notes += res.notes
         trace.append({"block": block, "tensors": len(group), "seconds": round(time.perf_counter() - t1, 2)})
     body, merged_head = split_head(merged, policy.prefixes)
-    heads = {pool[0].task: merged_head} if policy.fused_heads else policy.heads
+    heads = fused_heads(pool, merged_head) if policy.fused_heads else policy.heads
     out = Merged("regmean_plus", {"alpha": alpha, "eps": eps}, body, heads, policy.fused_heads, pool, notes,
                  time.perf_counter() - t0)
     return out, trace

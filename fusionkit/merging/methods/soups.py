@@ -15,7 +15,7 @@ def greedy_soup(zoo, evaluator, experts: list[str] | None = None):
     "kept"}]``.
     """
     # The zoo-level helpers sit above the registry; imported when a soup is made, so listing methods stays light.
-    from ...models.heads import shared_label_space
+    from ...models.heads import fused_heads, shared_label_space
     from ..zoo_merge import Merged, mean_score, merge_zoo, score_merged
 
     pool = [zoo.expert(n) for n in experts] if experts else list(zoo.experts)
@@ -29,7 +29,9 @@ def greedy_soup(zoo, evaluator, experts: list[str] | None = None):
             m = Merged("average", {}, body, {members[0].task: own}, shared_label_space(pool), members)
         else:
             m = merge_zoo("average", zoo, [e.name for e in members])
-        if not m.heads_merged:
+        if m.heads_merged:  # one model, its head fused: it serves every task of the pool
+            m.heads = fused_heads(pool, next(iter(m.heads.values())))
+        else:
             m.heads = {**heads, **m.heads}  # tasks with no expert in the soup keep their own head
         return mean_score(score_merged(m, zoo, evaluator, splits=("validation",)), "validation"), m
 
