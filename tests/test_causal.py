@@ -65,9 +65,11 @@ def test_the_text_scorer_is_the_token_weighted_log_likelihood_and_ignores_paddin
             lp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
         s = float(lp.gather(-1, ids[0, 1:, None]).sum())
         total, count = total + s, count + ids.shape[1] - 1
-        per.append(s / (ids.shape[1] - 1))
+        per.append(s)
     assert ev.score(task, "validation") == pytest.approx(total / count, abs=1e-5)
+    per = np.array(per) * len(per) / count  # each text's summed log-likelihood, scaled: their mean is the score
     assert np.allclose(ev.correct(task, "validation"), per, atol=1e-5)
+    assert ev.correct(task, "validation").mean() == pytest.approx(total / count, abs=1e-5)
     nll, acc = ev.loss_and_score(task, "validation")
     assert nll == pytest.approx(-total / count, abs=1e-5) and 0 <= acc <= 1
     # perplexity (the checkpoint merge's scorer) is exp of the same NLL
@@ -261,3 +263,20 @@ def test_a_text_task_refuses_too_little_text_and_a_csv_for_a_causal_lm(tmp_path)
     (tmp_path / "d.csv").write_text("text,label\na,b\n")
     with pytest.raises(TaskError, match="pass a .txt"):
         checkpoint_task(ck, tmp_path / "d.csv")
+
+
+def test_a_causal_zoo_merge_is_reported_in_log_likelihoods_and_saves_one_loadable_lm(causal_zoo, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from fusionkit.merging.export import save_merged
+    from fusionkit.merging.zoo_merge import merge_report
+    from fusionkit.models.lm_evaluator import LMEvaluator
+
+    merged, report = merge_report("ties", causal_zoo)
+    assert report["metric"] == "log_likelihood" and set(report["chance"].values()) == {None}
+    assert report["ensemble"] is not None and report["multitask"] is None  # one vocabulary: the LM mixture
+    out = save_merged(merged, tmp_path / "merged")
+    assert (out / "model.safetensors").is_file() and not any(p.is_dir() for p in out.iterdir())
+    ev = LMEvaluator(AutoModelForCausalLM.from_pretrained(out), tiny_tokenizer(), max_length=32)
+    for t, task in causal_zoo.tasks.items():  # the saved folder is the merge that was scored
+        assert ev.score(task, "test") == pytest.approx(report["results"][t]["test"], abs=1e-3)

@@ -36,13 +36,15 @@ def zoo(args) -> int:
         print(json.dumps(data, indent=2))
         return 0
     tasks = list(data["tasks"])
-    print(f"zoo {data['zoo']} ({data['profile']}): test accuracy, expert x task (* = own task), "
+    metric = "test accuracy" if data["metric"] == "accuracy" else "test log-likelihood per token (nats)"
+    print(f"zoo {data['zoo']} ({data['profile']}): {metric}, expert x task (* = own task), "
           f"scored in {data['precision']}")
     print(f"{'expert':<28}" + "".join(f"{t:>14}" for t in tasks))
     for e in data["experts"]:
         cells = "".join(f"{e['scores'][t]['test']:>13.3f}{'*' if e['task'] == t else ' '}" for t in tasks)
         print(f"{e['name']:<28}{cells}")
-    print(f"{'chance (majority class)':<28}" + "".join(f"{data['tasks'][t]['chance']:>13.3f} " for t in tasks))
+    if all(data["tasks"][t]["chance"] is not None for t in tasks):
+        print(f"{'chance (majority class)':<28}" + "".join(f"{data['tasks'][t]['chance']:>13.3f} " for t in tasks))
     return 0
 
 
@@ -114,11 +116,14 @@ def merge(args) -> int:
         return 0
     tasks = list(report["results"])
     print(f"{args.method} on zoo {zoo.name} ({zoo.profile.name}), options {report['options']}; heads {report['heads']}")
-    print(f"{'test accuracy':<28}" + "".join(f"{t:>14}" for t in tasks) + f"{'mean':>10}")
+    lm = report["metric"] != "accuracy"
+    print(f"{'test log-likelihood/token' if lm else 'test accuracy':<28}" + "".join(f"{t:>14}" for t in tasks)
+          + f"{'mean':>10}")
     rows = [(f"merged ({args.method})", report["results"])]
-    rows += [("ensemble (logits)", report["ensemble"])] if report["ensemble"] else []
+    rows += [("ensemble (mixture)" if lm else "ensemble (logits)", report["ensemble"])] if report["ensemble"] else []
     rows += [("multi-task model", report["multitask"])] if report["multitask"] else []
-    rows += [(f"expert {n}", s) for n, s in report["experts"].items()] + [("chance", None)]
+    rows += [(f"expert {n}", s) for n, s in report["experts"].items()]
+    rows += [] if any(report["chance"][t] is None for t in tasks) else [("chance", None)]
     for label, scores in rows:
         vals = [report["chance"][t] if scores is None else scores[t]["test"] for t in tasks]
         print(f"{label:<28}" + "".join(f"{v:>14.3f}" for v in vals) + f"{sum(vals) / len(vals):>10.3f}")
@@ -310,6 +315,10 @@ def distill_zoo(args) -> int:
 
     quiet_transformers()
     texts = read_texts(args.texts) if args.texts else None  # a bad file fails before the zoo is built
+    if args.zoo == "causal":
+        raise FusionkitError("distill-zoo trains a classifier student on the experts' mean logits, and the causal "
+                             "zoo's experts are language models; fix: fuse LMs by merging (fusionkit merge METHOD "
+                             "--zoo causal) or with fusionkit.distill.fusellm")
     zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
     if args.experts:
         zoo = zoo.subset(args.experts)

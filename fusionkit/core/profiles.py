@@ -46,7 +46,7 @@ PROFILES = {
 # SmolLM2 costs ~20x one of MiniLM, so the smoke sizes keep the zoo's build under 5 minutes on 2 CPU cores.
 CAUSAL = {
     "smoke": dict(train_examples=256, eval_examples=64, max_length=64, epochs=1, batch_size=8, lr=1e-4,
-                  stats_examples=32, eval_batch_size=32, search_examples=32),
+                  stats_examples=32, eval_batch_size=32, search_examples=24),
     "full": dict(train_examples=4000, eval_examples=500, max_length=128, epochs=1, batch_size=16, lr=1e-4,
                  stats_examples=256, eval_batch_size=16, search_examples=200),
 }

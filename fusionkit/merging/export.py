@@ -157,22 +157,28 @@ def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_l
     ``out/sentence-transformers/<task>/``, for a task-specific merge), the folder ``SentenceTransformer`` loads, with
     the base's pooling (:mod:`fusionkit.merging.st_export`); True takes the base the experts were tuned from, a
     string names it (a bundled name or a sentence-transformers folder)."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     out = Path(out)
     by_task = {}
     for e in merged.experts:
         by_task.setdefault(e.task, e)
+    causal = getattr(merged.experts[0], "kind", "classifier") == "causal"
+    one_model = merged.heads_merged and merged.bodies is None  # one model serves every task: written once
     with atomic_dir(out, overwrite=overwrite) as tmp:
         if sentence_transformers:  # first: a base without a sentence-transformers configuration fails at once
             _save_sentence_transformers(merged, tmp, sentence_transformers)
-        for task, head in merged.heads.items():
+        for task in list(merged.heads)[:1] if one_model else merged.heads:
             source = by_task[task]
-            model = AutoModelForSequenceClassification.from_pretrained(source.path)
+            model = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_pretrained(source.path)
             missing = model.load_state_dict(merged.state_for(task), strict=False)
-            if missing.missing_keys:
-                raise MergeError(f"merged state lacks {missing.missing_keys[:3]}")
-            folder = tmp if merged.heads_merged and merged.bodies is None else tmp / task
+            tied = model.get_output_embeddings() if causal else None  # a tied LM head is the embedding table
+            lacking = [k for k in missing.missing_keys
+                       if not (tied is not None and tied.weight is model.get_input_embeddings().weight
+                               and k.endswith("lm_head.weight"))]
+            if lacking:
+                raise MergeError(f"merged state lacks {lacking[:3]}")
+            folder = tmp if one_model else tmp / task
             model.save_pretrained(folder)
             AutoTokenizer.from_pretrained(source.path).save_pretrained(folder)
         recipe = {

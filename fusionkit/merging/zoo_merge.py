@@ -163,7 +163,8 @@ def ensemble_members(zoo: Zoo, experts: list[Expert] | None = None) -> dict[str,
 
 
 def ensemble_scores(zoo: Zoo, evaluator: Evaluator, experts: list[Expert] | None = None, splits=SPLITS) -> dict:
-    """The logit ensemble: per task, the mean of every expert's logits (experts that share one label space)."""
+    """The output ensemble: per task, the mean of every expert's logits (experts that share one label space), or
+    for language models the mixture of their next-token distributions."""
     members = ensemble_members(zoo, experts)
     return {t: {s: round(evaluator.ensemble_score(task, s, members[t]), 4) for s in splits}
             for t, task in zoo.tasks.items()}
@@ -194,7 +195,9 @@ def merge_report(method: str, zoo: Zoo, experts: list[str] | None = None, evalua
         if not shared_label_space(merged.experts) and len(merged.experts) == len(zoo.experts) and zoo.train_tasks
         else None,
         "experts": {e.name: matrix[e.name] for e in merged.experts},
-        "chance": {t: round(task.chance("test"), 4) for t, task in zoo.tasks.items()},
+        "metric": next(iter(zoo.tasks.values())).metric,
+        "chance": {t: None if task.chance("test") is None else round(task.chance("test"), 4)
+                   for t, task in zoo.tasks.items()},
         "notes": merged.notes, "merge_seconds": round(merged.seconds, 2),
     }
     if merged.trace is not None:  # what a dev-data method tried: the soup's steps, AdaMerging's entropy per step

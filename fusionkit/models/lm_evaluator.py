@@ -9,8 +9,9 @@ first of every text predicted from the ones before it (teacher forcing; padding 
                       minimises dev NLL;
 * ``loss_and_score``  (NLL, next-token accuracy): the loss and the top-1 accuracy of one forward pass, the two
                       surfaces a landscape draws;
-* ``correct``         per text, its mean log-likelihood per token: what a paired bootstrap over texts resamples
-                      (texts are the independent units; a text's tokens are not);
+* ``correct``         per text, its summed log-likelihood × (texts / tokens of the split), so that their mean is
+                      ``score`` exactly: what a paired bootstrap over texts resamples (texts are the independent
+                      units; a text's tokens are not), for the difference of two states' scores;
 * ``ensemble_score``  the mixture of the members' next-token distributions, log (1/K) Σₖ pₖ(xₜ | x<ₜ): the output
                       ensemble a merge of K LMs tries to match in one forward pass.
 
@@ -130,7 +131,7 @@ class LMEvaluator(Evaluator):
     def correct(self, task: Task, split: str = "validation", params: dict | None = None,
                 head: dict | None = None, precision: str | None = None) -> np.ndarray:
         s = self.token_scores(task, split, params, head, precision)
-        return s["logp"] / s["tokens"]
+        return s["logp"] * (len(s["tokens"]) / s["tokens"].sum())
 
     def loss_and_score(self, task: Task, split: str = "validation", params: dict | None = None,
                        head: dict | None = None, precision: str | None = None) -> tuple[float, float]:
@@ -178,8 +179,11 @@ def _gold_tokens(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
 def _gold(logits, ids, mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per text: the summed log-likelihood of its real next tokens, the argmax hits and the count."""
     m = mask[:, 1:].float()  # token t is predicted only if it is a real token
-    lp = _gold_tokens(logits, ids) * m
-    hit = (logits[:, :-1].argmax(-1) == ids[:, 1:]).float() * m
+    head = logits[:, :-1]
+    # cross_entropy's fused log-softmax: 30% less time than log_softmax + gather over a 49k vocabulary (measured)
+    nll = torch.nn.functional.cross_entropy(head.flatten(0, 1).float(), ids[:, 1:].flatten(), reduction="none")
+    lp = -nll.view(m.shape) * m
+    hit = (head.argmax(-1) == ids[:, 1:]).float() * m
     return lp.sum(1).double().cpu(), hit.sum(1).double().cpu(), m.sum(1).double().cpu()
 
 

@@ -136,12 +136,17 @@ class Zoo:
             "zoo": self.name,
             "profile": self.profile.name,
             "base": self.base,
-            "tasks": {t: {"num_labels": task.num_labels, "chance": round(task.chance("test"), 4),
+            "metric": next(iter(self.tasks.values())).metric,
+            "tasks": {t: {"num_labels": task.num_labels, "chance": _rounded(task.chance("test")),
                           "sizes": task.sizes()} for t, task in self.tasks.items()},
             "experts": [{"name": e.name, "task": e.task, "id": e.id, "path": str(e.path),
                          "train_examples": e.recipe.get("train_examples"), "scores": matrix[e.name]}
                         for e in self.experts],
         }
+
+
+def _rounded(x: float | None) -> float | None:
+    return None if x is None else round(x, 4)  # a text task has no chance level
 
 
 def profile_task(name: str, profile: Profile, seed: int = 0) -> Task:

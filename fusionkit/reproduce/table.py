@@ -38,6 +38,7 @@ class Row:
     choices: dict = field(default_factory=dict)  # what was chosen on dev, and how
     seeds: dict | None = None  # per-seed differences and their t interval, for random systems
     profile: str = "smoke"
+    unit: str = "points"  # how A − B is shown: "points" (accuracy × 100) or "nats" (log-likelihood per token)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -59,14 +60,18 @@ def seed_mean(runs: list) -> dict | np.ndarray:
 
 def compare(claim: str, a: str, a_scores, b: str, b_scores, *, paper: str, setting: str,
             over: str = "test examples", choices: dict | None = None, profile: str = "smoke",
-            a_seeds: list | None = None, b_seeds: list | None = None, note: str = "", margin: float = 0.0) -> Row:
+            a_seeds: list | None = None, b_seeds: list | None = None, note: str = "", margin: float = 0.0,
+            unit: str = "points") -> Row:
     """The row for "``a`` beats ``b``" from per-example scores (0/1 accuracy, or any per-example score where
     higher is better), ``{task: array}`` or one array, in the same example order.
 
     ``a_seeds`` / ``b_seeds``: per-seed per-example scores of a random system; the row then uses their mean per
     example and reports the per-seed differences with a t interval. ``margin`` > 0 turns the claim into
     "``a`` is no more than ``margin`` below ``b``" (non-inferiority): the verdict tests a − b + margin > 0.
+    ``unit``: ``"points"`` for accuracies (shown × 100), ``"nats"`` for log-likelihoods per token (shown as they are).
     """
+    if unit not in UNITS:
+        raise ValueError(f"unit={unit!r}; fix: use one of {', '.join(UNITS)}")
     if a_seeds is not None:
         a_scores = seed_mean(a_seeds)
     if b_seeds is not None:
@@ -82,29 +87,37 @@ def compare(claim: str, a: str, a_scores, b: str, b_scores, *, paper: str, setti
                                                           for k, x in seed_interval(diffs).items() if k != "n"},
                  "n": n}
     reason = REASONS[v] if not margin else \
-        f"{REASONS[v].replace(' 0', f' −{margin * 100:.0f} points')} (the margin)"
+        f"{REASONS[v].replace(' 0', f' −{margin * UNITS[unit]:.3g} {unit}')} (the margin)"
     reason += f"; {note}" if note else ""
     return Row(claim, paper, setting, a, b, round(mean_over(a_scores), 4), round(mean_over(b_scores), 4),
                {k: round(x, 4) if isinstance(x, float) else x for k, x in ci.items()}, over, v, reason,
-               choices or {}, seeds, profile)
+               choices or {}, seeds, profile, unit)
+
+
+UNITS = {"points": 100.0, "nats": 1.0}  # unit -> the scale a difference is shown at
 
 
 def fmt_interval(ci: dict, scale: float = 100.0) -> str:
-    return f"{ci['diff'] * scale:+.1f} [{ci['lo'] * scale:+.1f}, {ci['hi'] * scale:+.1f}]"
+    digits = 1 if scale >= 100 else 3
+    return f"{ci['diff'] * scale:+.{digits}f} [{ci['lo'] * scale:+.{digits}f}, {ci['hi'] * scale:+.{digits}f}]"
 
 
 def to_markdown(rows: list[Row]) -> str:
-    """The table: claim, settings, A and B, A − B in points with its interval, verdict and reason."""
-    out = ["| claim | paper's setting | kit's setting | A | B | A − B, points [95% CI] | verdict | why |",
+    """The table: claim, settings, A and B, A − B (points or nats) with its interval, verdict and reason."""
+    unit = {r.unit for r in rows}
+    unit = unit.pop() if len(unit) == 1 else "points or nats"
+    out = [f"| claim | paper's setting | kit's setting | A | B | A − B, {unit} [95% CI] | verdict | why |",
            "|---|---|---|---|---|---|---|---|"]
     for r in rows:
+        scale = UNITS[r.unit]
+        digits = ".1f" if scale >= 100 else ".3f"
         seeds = ""
         if r.seeds:
             lo, hi = r.seeds.get("lo"), r.seeds.get("hi")
-            span = f" [{lo * 100:+.1f}, {hi * 100:+.1f}]" if lo is not None else ""
-            seeds = f"; over {r.seeds['n']} seeds {r.seeds['mean'] * 100:+.1f}{span}"
+            span = f" [{lo * scale:+{digits}}, {hi * scale:+{digits}}]" if lo is not None else ""
+            seeds = f"; over {r.seeds['n']} seeds {r.seeds['mean'] * scale:+{digits}}{span}"
         chosen = "; ".join(f"{k}: {v}" for k, v in r.choices.items())
         out.append(f"| {r.claim} | {r.paper} | {r.setting}{' (chosen on dev: ' + chosen + ')' if chosen else ''} "
-                   f"| {r.a} {r.a_score:.3f} | {r.b} {r.b_score:.3f} | {fmt_interval(r.interval)} "
+                   f"| {r.a} {r.a_score:.3f} | {r.b} {r.b_score:.3f} | {fmt_interval(r.interval, scale)} "
                    f"over {r.interval['n']} {r.over}{seeds} | **{r.verdict}** | {r.reason} |")
     return "\n".join(out)

@@ -52,6 +52,8 @@ def claim(row) -> Notice:
     """A reproduction-table row (:class:`fusionkit.reproduce.table.Row`) as a sentence: A − B, its interval, the
     verdict."""
     iv = row.interval
-    text = (f"{row.claim}: {row.a} − {row.b} = {100 * iv['diff']:+.1f} points, 95% interval "
-            f"[{100 * iv['lo']:+.1f}, {100 * iv['hi']:+.1f}] over {iv['n']} paired test examples: **{row.verdict}**.")
+    unit = getattr(row, "unit", "points")
+    k, f = (100, ".1f") if unit == "points" else (1, ".3f")
+    text = (f"{row.claim}: {row.a} − {row.b} = {k * iv['diff']:+{f}} {unit}, 95% interval "
+            f"[{k * iv['lo']:+{f}}, {k * iv['hi']:+{f}}] over {iv['n']} paired test examples: **{row.verdict}**.")
     return Notice(text, row.verdict == "reproduces")

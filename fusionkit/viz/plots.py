@@ -36,9 +36,18 @@ def label_balance(task, split: str = "train") -> go.Figure:
     return fig
 
 
+METRIC_LABELS = {"accuracy": "accuracy", "log_likelihood": "log-likelihood per token (nats)"}
+
+
+def metric_label(metric: str) -> str:
+    """How a task metric is named on an axis: accuracy, or a text task's log-likelihood per token."""
+    return METRIC_LABELS.get(metric, metric)
+
+
 def method_bars(results: dict[str, dict[str, float]], chance: dict[str, float] | None = None,
-                title: str = "test accuracy per task") -> go.Figure:
-    """Grouped bars: ``results[label][task] = score`` (methods, experts, the ensemble), chance as markers."""
+                title: str = "test accuracy per task", metric: str = "accuracy") -> go.Figure:
+    """Grouped bars: ``results[label][task] = score`` (methods, experts, the ensemble), chance as markers.
+    Accuracy is drawn on [0, 1]; a log-likelihood (negative, higher is better) on the range its values need."""
     fig = go.Figure()
     for label, scores in results.items():
         tasks = list(scores)
@@ -46,7 +55,8 @@ def method_bars(results: dict[str, dict[str, float]], chance: dict[str, float] |
     if chance:
         fig.add_scatter(name="chance", x=list(chance), y=list(chance.values()), mode="markers",
                         marker=dict(symbol="line-ew-open", size=28, color="black", line=dict(width=2)))
-    fig.update_layout(barmode="group", title=title, yaxis_title="accuracy", yaxis_range=[0, 1], height=380)
+    fig.update_layout(barmode="group", title=title, yaxis_title=metric_label(metric), height=380,
+                      **({"yaxis_range": [0, 1]} if metric == "accuracy" else {}))
     return fig
 
 

@@ -63,6 +63,17 @@ def task_explorer(tasks: dict) -> Explorer:
     return Explorer(box, {"task": task_menu, "split": split_menu}, fig, errors)
 
 
+def zoo_metric(zoo) -> str:
+    """The metric a zoo's tasks are scored by (accuracy; a log-likelihood for the causal zoo's text domains)."""
+    return next(iter(zoo.tasks.values())).metric
+
+
+def chance_levels(zoo, split: str) -> dict[str, float] | None:
+    """Each task's chance level, or None where a task has none (text is scored by likelihood, not labels)."""
+    levels = {t: task.chance(split) for t, task in zoo.tasks.items()}
+    return None if any(v is None for v in levels.values()) else {t: round(v, 3) for t, v in levels.items()}
+
+
 def merge_explorer(zoo, method: str, evaluator, sliders: dict, split: str = "validation", **fixed) -> Explorer:
     """Sliders for a merge method's options -> live per-task accuracy bars of the merged model.
 
@@ -75,9 +86,10 @@ def merge_explorer(zoo, method: str, evaluator, sliders: dict, split: str = "val
                 for k, (lo, hi, st, v) in sliders.items()}
     errors = W.Output()
     tasks = list(zoo.tasks)
-    fig = go.FigureWidget(plots.method_bars({method: {t: 0.0 for t in tasks}},
-                                            {t: round(task.chance(split), 3) for t, task in zoo.tasks.items()},
-                                            title=f"{method}: {split} accuracy per task"))
+    metric = zoo_metric(zoo)
+    fig = go.FigureWidget(plots.method_bars({method: {t: 0.0 for t in tasks}}, chance_levels(zoo, split),
+                                            title=f"{method}: {split} {plots.metric_label(metric)} per task",
+                                            metric=metric))
     status = W.HTML()
 
     def update(_=None):
@@ -267,9 +279,9 @@ def method_comparer(zoo, evaluator, experts: list[str] | None = None, split: str
     names = [m for m, spec in METHODS.items() if spec.n_experts in (None, n)]
     menu = W.Dropdown(options=names, value=method or names[0], description="method")
     tasks = list(zoo.tasks)
-    chance = {t: round(task.chance(split), 3) for t, task in zoo.tasks.items()}
-    fig = go.FigureWidget(plots.method_bars({m: {t: 0.0 for t in tasks} for m in names}, chance,
-                                            title=f"{split} accuracy per task"))
+    metric = zoo_metric(zoo)
+    fig = go.FigureWidget(plots.method_bars({m: {t: 0.0 for t in tasks} for m in names}, chance_levels(zoo, split),
+                                            title=f"{split} {plots.metric_label(metric)} per task", metric=metric))
     with fig.batch_update():
         for trace in fig.data[:len(names)]:
             trace.visible = False  # a method's bars appear once it has been merged
@@ -289,7 +301,7 @@ def method_comparer(zoo, evaluator, experts: list[str] | None = None, split: str
                 bars.visible = True
                 bars.name = f"{m} {opts}" if opts else m
             mean = sum(s[split] for s in scores.values()) / len(scores)
-            status.value = f"{m} {opts}: mean {split} accuracy {mean:.3f}"
+            status.value = f"{m} {opts}: mean {split} {plots.metric_label(metric)} {mean:.3f}"
 
     def rebuild(_=None):
         with caught(errors):
