@@ -94,6 +94,8 @@ def main() -> None:
                               evaluator=ev, seed=0, **opts)
         seconds = time.perf_counter() - t0
         c = merged_correct(zoo, ev, merged, "test")
+        if pair:  # a merge of two experts is compared on their two domains
+            c = {d: c[d] for d in PAIR}
         label = f"{name} ({' + '.join(PAIR)})" if pair else name
         per[label] = c
         rows[label] = {"test mean": round(mean(c), 4), "per domain": {d: round(float(x.mean()), 4) for d, x in c.items()},
@@ -134,7 +136,10 @@ def markdown(result: dict, domains: list[str]) -> str:
     lines = [f"### Results ({time.strftime('%Y-%m-%d')}, {result['machine']}; {result['zoo']}; "
              f"{result['seconds']:.0f} s in all)", "",
              "Mean test log-likelihood per token (nats; higher is better; perplexity = exp(−it)), per domain and "
-             "over the four; A − B with a 95% paired bootstrap interval over test texts.", "",
+             "over the four; A − B with a 95% paired bootstrap interval over test texts. Two-model rows (SLERP, "
+             f"NearSwap: {' + '.join(PAIR)}) are means over those two domains, compared with the average of the same "
+             "two experts. TALL masks and EMR keep one model per domain (a mask each): the input's domain must be "
+             "known.", "",
              f"| model | mean | {' | '.join(domains)} | vs average | vs base | merge s | data |",
              "|---|---|" + "---|" * len(domains) + "---|---|---|---|"]
     for label, r in sorted(result["rows"].items(), key=lambda kv: -kv[1]["test mean"]):

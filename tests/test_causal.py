@@ -132,6 +132,10 @@ def test_decoder_gram_matrices_mask_padding(base):
     assert "model.layers.1.mlp.down_proj" in padded and padded["model.layers.1.mlp.down_proj"].shape == (64, 64)
     for name in ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.down_proj", "lm_head"):
         assert torch.allclose(padded[name], alone[name], rtol=1e-4, atol=1e-6), name
+    # one block's layers alone (RegMean++ measures block by block): the same matrices, nothing else
+    part = gram_stats(model, tok, task, examples=12, batch_size=6, max_length=32, modules={"model.layers.1.mlp.up_proj"})
+    assert set(part) == {"model.layers.1.mlp.up_proj"}
+    assert torch.equal(part["model.layers.1.mlp.up_proj"], padded["model.layers.1.mlp.up_proj"])
 
 
 @pytest.mark.parametrize("variant", ["gold", "argmax", "sample"])

@@ -234,8 +234,16 @@ def test_bad_input_is_named():
     with pytest.raises(ValueError, match=r"'lin.weight' has shape \(3, 6\) in expert 1"):
         merge("average", [experts[0], bad])
     nan = dict(experts[1], **{"lin.bias": torch.tensor([float("nan")] * 4)})
-    with pytest.raises(ValueError, match="NaN or Inf .*'lin.bias'"):
-        merge("average", [experts[0], nan])
+    with pytest.raises(ValueError, match="expert 1 has NaN or Inf .*'lin.bias'"):
+        merge("average", [experts[0], nan])  # found in the merged tensor, named from the inputs
+    with pytest.raises(ValueError, match="expert 1 has NaN or Inf .*'lin.bias'"):
+        merge("ties", [experts[0], nan], base=experts[2])  # a trim could drop it: the inputs are checked first
+    with pytest.raises(ValueError, match="the base has NaN or Inf .*'lin.bias'"):
+        merge("task_arithmetic", experts[:2], base=nan)
+    huge = {n: torch.full_like(t, 3e38) for n, t in experts[0].items()}
+    zero = {n: torch.zeros_like(t) for n, t in experts[0].items()}
+    with pytest.raises(ValueError, match="overflowed to Inf from finite inputs"):
+        merge("task_arithmetic", [huge, huge], base=zero, lam=1.0)
 
 
 def test_streamed_file_merge_equals_in_memory(tmp_path):
@@ -299,18 +307,23 @@ def test_lazy_state_reads_what_safetensors_wrote(tmp_path):
         assert torch.equal(lazy[k], v) and lazy[k].dtype == v.dtype
 
 
-def test_a_reused_read_buffer_gives_each_tensor_until_the_next_read(tmp_path):
+def test_a_streamed_view_gives_each_tensor_until_the_next_read_and_finds_names_without_reading(tmp_path,
+                                                                                                 monkeypatch):
     from safetensors.torch import save_file
 
-    from fusionkit.merging.safetensors_io import lazy_state
+    from fusionkit.merging.safetensors_io import LazyState, lazy_state
 
     tensors = {"small": torch.randn(3), "big": torch.randn(40, 5), "half": torch.randn(7).to(torch.bfloat16),
                "int": torch.arange(4), "empty": torch.zeros(0, 2)}
     save_file(tensors, str(tmp_path / "x.safetensors"))
-    reused = lazy_state(tmp_path / "x.safetensors", reuse=True)
-    for _ in range(2):  # the buffer grows to the largest, then serves the small ones
+    streamed = lazy_state(tmp_path / "x.safetensors", reuse=True)  # views of the file's pages, released as it goes
+    for _ in range(2):
         for k, v in tensors.items():
-            assert torch.equal(reused[k], v) and reused[k].dtype == v.dtype
+            got = streamed[k]
+            assert torch.equal(got, v) and got.dtype == v.dtype
+    # `in` answers from the header: a merge checks every name of every input, which must not read the tensors
+    monkeypatch.setattr(LazyState, "__getitem__", lambda self, name: pytest.fail(f"{name} was read"))
+    assert "big" in streamed and "nope" not in streamed
 
 
 def test_options_and_defaults_come_from_the_signature():

@@ -58,19 +58,6 @@ class TextTask(Task):
             self._fingerprint = h.hexdigest()[:16]
         return self._fingerprint
 
-    def subsample(self, sizes: dict[str, int | None], seed: int = 0, name: str | None = None) -> "TextTask":
-        parts = {}
-        for split in SPLITS:
-            d = self.data[split]
-            n = sizes.get(split)
-            parts[split] = d if n is None or n >= len(d) else d.shuffle(seed=seed).select(range(n))
-        return TextTask(name or self.name, datasets.DatasetDict(parts), self.metric, self.description)
-
-    def tokens(self, tokenizer, split: str = "train", max_length: int | None = None) -> int:
-        """How many tokens a split holds (each text cut at ``max_length``)."""
-        ids = tokenizer(list(self.data[split]["text"]), truncation=max_length is not None, max_length=max_length)
-        return sum(len(i) for i in ids["input_ids"])
-
 
 # name -> (bundled task, the label whose texts form the domain or None for all, description)
 DOMAINS = {

@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import datasets
@@ -86,7 +86,8 @@ class Task:
             d = self.data[split]
             n = sizes.get(split)
             parts[split] = d if n is None or n >= len(d) else d.shuffle(seed=seed).select(range(n))
-        return Task(name or self.name, datasets.DatasetDict(parts), self.metric, self.description)
+        # the same kind of task (a TextTask stays one), its fingerprint computed afresh
+        return replace(self, name=name or self.name, data=datasets.DatasetDict(parts), _fingerprint=None)
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, labels={self.num_labels}, sizes={self.sizes()})"

@@ -26,7 +26,7 @@ from .methods.averaging import average
 from .ops import Coefficients, coefficients_for
 from .registry import get_method
 from .safetensors_io import SafetensorsWriter, lazy_state
-from .statedict import ParamFilter, StateDict, check_compatible, check_finite
+from .statedict import ParamFilter, StateDict, check_compatible, check_finite, is_finite
 
 
 @dataclass
@@ -87,8 +87,20 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
 
     def merged(name: str) -> torch.Tensor:  # its inputs are freed on return, before the next tensor is read
         tensors = [e[name] for e in experts]
-        for t, label in zip(tensors, labels):
-            check_finite(name, t, label)
+        if not m.propagates:  # a method that may drop entries (TIES's trim) could hide a NaN: check every input
+            for t, label in zip(tensors, labels):
+                check_finite(name, t, label)
+        result = merged_from(name, tensors)
+        if m.propagates and not is_finite(result):  # a NaN or Inf came through: name the input it came from
+            for t, label in zip(tensors, labels):
+                check_finite(name, t, label)
+            if base is not None and name in base:
+                check_finite(name, base[name], "the base")
+            raise MergeError(f"the {method} merge of {name!r} overflowed to Inf from finite inputs; fix: smaller "
+                             "coefficients (weights, λ)")
+        return result
+
+    def merged_from(name: str, tensors: list) -> torch.Tensor:
         if not tensors[0].is_floating_point():
             return tensors[0].clone()
         b = base[name] if base is not None and name not in unbased else None

@@ -70,6 +70,9 @@ class Method:
     n_experts: int | None = None  # exactly this many experts (SLERP: 2)
     options: dict[str, Option] = field(default_factory=dict)
     prepare: Callable | None = None  # whole-model step on the statistics before the per-tensor loop
+    # every input entry reaches the output through a sum (NaN and Inf propagate, even at weight 0): the driver checks
+    # the merged tensor for them instead of reading every input once more beforehand
+    propagates: bool = False
 
     def resolve(self, given: dict) -> dict:
         """Every option's value: the defaults updated by ``given``; unknown names and out-of-range values fail."""
@@ -85,7 +88,8 @@ METHODS: dict[str, Method] = {}
 
 
 def register(name: str, summary: str, *, reference: str, level: str = "tensor", needs_base: bool = False,
-             stats: str | None = None, n_experts: int | None = None, prepare: Callable | None = None, **docs: Doc):
+             stats: str | None = None, n_experts: int | None = None, prepare: Callable | None = None,
+             propagates: bool = False, **docs: Doc):
     """Register ``fn`` under ``name``; every keyword-only parameter of ``fn`` is an option and needs a :class:`Doc`."""
     if level not in LEVELS:
         raise ValueError(f"level={level!r} must be one of {LEVELS}")
@@ -97,7 +101,8 @@ def register(name: str, summary: str, *, reference: str, level: str = "tensor", 
             raise TypeError(f"merge method {name!r}: keyword-only parameters {sorted(params)} (each with a default) "
                             f"must match the documented options {sorted(docs)}")
         options = {k: Option(k, params[k].default, d.help, d.check, d.rule) for k, d in docs.items()}
-        METHODS[name] = Method(name, fn, summary, reference, level, needs_base, stats, n_experts, options, prepare)
+        METHODS[name] = Method(name, fn, summary, reference, level, needs_base, stats, n_experts, options, prepare,
+                               propagates)
         return fn
     return wrap
 

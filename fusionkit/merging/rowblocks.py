@@ -60,19 +60,31 @@ def row_block(t, rows: slice, device, dtype):
     return None if t is None else as_rows(t)[rows].to(device, dtype)
 
 
-def map_rows(fn: Callable, tensors: list, ctx: dict | None = None, whole: bool = False, dtype=None):
+def map_rows(fn: Callable, tensors: list, ctx: dict | None = None, whole: bool = False, dtype=None,
+             into: bool = False):
     """``fn(*blocks)`` over row blocks of ``tensors`` (all of one shape; ``None`` entries are passed as ``None``),
     computed in ``dtype`` (default: the working dtype) and assembled into one tensor of their shape in the working
     dtype - a float64 block of float32 inputs is rounded once, as the driver would - on the first tensor's device.
 
     ``fn`` gets each tensor's rows as ``[r, columns]`` on the compute device and returns the merged rows; it must not
     write to its arguments (they may be views of the inputs). Blocks are visited in order, so a random generator
-    ``fn`` draws from gives the same stream as one draw over the whole tensor. ``whole=True``: one block."""
+    ``fn`` draws from gives the same stream as one draw over the whole tensor. ``whole=True``: one block.
+    ``into=True``: ``fn(dst, *blocks)`` writes the merged rows into ``dst`` - the output's own rows where they are
+    on the compute device in ``dtype``, so a block costs no temporary and no copy back."""
     ref = next(t for t in tensors if t is not None)
     device, stored = compute_device(ctx, ref), working_dtype(*tensors)
     dtype = dtype or stored
     out = torch.empty(ref.shape, dtype=stored, device=ref.device)
     view = as_rows(out)
+    direct = into and out.device == device and stored == dtype
     for rows in row_slices(ref, device, whole):
-        view[rows].copy_(fn(*(row_block(t, rows, device, dtype) for t in tensors)))  # back from the device
+        blocks = (row_block(t, rows, device, dtype) for t in tensors)
+        if direct:
+            fn(view[rows], *blocks)
+        elif into:
+            dst = torch.empty(view[rows].shape, dtype=dtype, device=device)
+            fn(dst, *blocks)
+            view[rows].copy_(dst)
+        else:
+            view[rows].copy_(fn(*blocks))  # back from the device
     return out

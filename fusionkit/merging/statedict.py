@@ -61,10 +61,14 @@ def check_compatible(states: list[StateDict], names: list[str] | None = None, la
                                  f"{shape_of(ref, name)} in {labels[0]}; fix: merge models of the same architecture")
 
 
-def check_finite(name: str, tensor: torch.Tensor, label: str = "input") -> None:
+def is_finite(tensor: torch.Tensor) -> bool:
     # a finite sum means every entry is finite (NaN and ±Inf propagate); one reduction, no boolean copy of the tensor.
     # A sum that overflows from finite entries alone is checked entry by entry.
-    if tensor.is_floating_point() and not torch.isfinite(tensor.sum()) and not torch.isfinite(tensor).all():
+    return not tensor.is_floating_point() or bool(torch.isfinite(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def check_finite(name: str, tensor: torch.Tensor, label: str = "input") -> None:
+    if not is_finite(tensor):
         raise MergeError(f"{label} has NaN or Inf values in {name!r}; fix: check that model (a diverged fine-tune?)")
 
 
@@ -99,6 +103,9 @@ class Renamed(Mapping):
 
     def __getitem__(self, name: str):
         return self.state[self.names[name]]
+
+    def __contains__(self, name) -> bool:  # without reading the tensor (Mapping's default would)
+        return name in self.names and self.names[name] in self.state
 
     def __iter__(self):
         return iter(self.names)

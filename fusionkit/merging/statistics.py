@@ -42,8 +42,9 @@ def _examples(task: Task, examples: int, seed: int, split: str = "train"):
 
 @torch.no_grad()
 def gram_stats(model, tokenizer, task: Task, examples: int = 256, max_length: int = 128, batch_size: int = 32,
-               seed: int = 0, device="auto") -> dict[str, torch.Tensor]:
-    """``{linear module name: mean xxᵀ}`` over non-padding tokens of ``examples`` training examples."""
+               seed: int = 0, device="auto", modules=None) -> dict[str, torch.Tensor]:
+    """``{linear module name: mean xxᵀ}`` over non-padding tokens of ``examples`` training examples; ``modules``
+    (a set of names) measures only those layers (RegMean++ needs one block's at a time)."""
     device = pick_device(device)
     model = model.to(device).eval()
     sums, counts, mask = {}, {}, {}
@@ -61,7 +62,7 @@ def gram_stats(model, tokenizer, task: Task, examples: int = 256, max_length: in
         return fn
 
     for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear):
+        if isinstance(module, torch.nn.Linear) and (modules is None or name in modules):
             hooks.append(module.register_forward_pre_hook(hook(name)))
     try:
         data = _examples(task, examples, seed)
@@ -117,8 +118,10 @@ def fisher_stats(model, tokenizer, task: Task, examples: int = 128, variant: str
 MEASURES = {"gram": gram_stats, "fisher": fisher_stats}
 
 
-# each measure's options, read once from its signature (the rule stays put if a test wraps the function)
-_OPTIONS = {kind: inspect.signature(fn).parameters for kind, fn in MEASURES.items()}
+# each measure's options, read once from its signature (the rule stays put if a test wraps the function); a cached
+# or published measurement is of every layer, so ``modules`` (a partial measurement) is not one of them
+_OPTIONS = {kind: {n: p for n, p in inspect.signature(fn).parameters.items() if n != "modules"}
+            for kind, fn in MEASURES.items()}
 
 
 def _defaults(kind: str) -> dict:

@@ -1,13 +1,13 @@
 """Linear combinations of the experts: the weighted average and task arithmetic."""
 from __future__ import annotations
 
-from ..ops import task_vector_merge, weighted_sum
+from ..ops import differences_into, task_vector_merge
 from ..registry import option, register
 from ..rowblocks import map_rows
 
 
 @register("average", "weighted average / uniform soup: Σ wᵢθᵢ / Σ wᵢ",
-          reference="https://arxiv.org/abs/2203.05482",
+          reference="https://arxiv.org/abs/2203.05482", propagates=True,
           normalize=option("divide by Σ wᵢ (False: plain weighted sum)"))
 def average(tensors, base, w, ctx, *, normalize=True):
     """θ = Σ wᵢθᵢ / Σ wᵢ; with wᵢ = 1 the uniform soup (Wortsman et al. 2022, "Model soups").
@@ -16,13 +16,16 @@ def average(tensors, base, w, ctx, *, normalize=True):
     the experts' small differences from the first, so float32 rounds where float64 would."""
     total = float(w.sum())
 
-    def block(*xs):
-        moved = weighted_sum(xs, w, xs[0])
-        return xs[0] + moved / total if normalize else total * xs[0] + moved
-    return map_rows(block, list(tensors), ctx)
+    def block(dst, *xs):  # written into the output's rows: a few passes per block, no temporaries
+        if normalize:
+            differences_into(dst, xs, w, xs[0], 1.0 / total).add_(xs[0])
+        else:
+            differences_into(dst, xs, w, xs[0]).add_(xs[0], alpha=total)
+    return map_rows(block, list(tensors), ctx, into=True)
 
 
 @register("task_arithmetic", "θ₀ + λ Σ wᵢτᵢ", needs_base=True, reference="https://arxiv.org/abs/2212.04089",
+          propagates=True,
           lam=option("scaling λ of the summed task vectors"))
 def task_arithmetic(tensors, base, w, ctx, *, lam=0.4):
     """θ = θ₀ + λ Σ wᵢ(θᵢ − θ₀) (Ilharco et al. 2023, "Editing Models with Task Arithmetic"); row blocks, float32."""

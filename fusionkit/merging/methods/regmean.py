@@ -92,9 +92,8 @@ def regmean_plus(zoo, evaluator, experts: list[str] | None = None, *, alpha=1.0,
             for e, s in zip(pool, states):
                 body = split_head({**s, **merged}, prefixes)[0]  # expert i below is replaced by the merge so far
                 model.load_state_dict(body, strict=False)
-                g = gram_stats(model, tokenizer, zoo.train_tasks[e.name], examples=zoo.profile.stats_examples,
-                               max_length=zoo.profile.max_length, seed=0)
-                grams.append({k: v for k, v in g.items() if k in linear})
+                grams.append(gram_stats(model, tokenizer, zoo.train_tasks[e.name], examples=zoo.profile.stats_examples,
+                                        max_length=zoo.profile.max_length, seed=0, modules=linear))
         res = merge("regmean" if grams else "average", [{n: s[n] for n in group} for s in states], stats=grams,
                     names=group, labels=[e.name for e in pool], report=True,
                     **({"alpha": alpha, "eps": eps} if grams else {}))
