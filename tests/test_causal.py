@@ -284,3 +284,11 @@ def test_a_causal_zoo_merge_is_reported_in_log_likelihoods_and_saves_one_loadabl
     ev = LMEvaluator(AutoModelForCausalLM.from_pretrained(out), tiny_tokenizer(), max_length=32)
     for t, task in causal_zoo.tasks.items():  # the saved folder is the merge that was scored
         assert ev.score(task, "test") == pytest.approx(report["results"][t]["test"], abs=1e-3)
+
+
+def test_ensemble_distillation_refuses_a_zoo_of_language_models_in_one_line(causal_zoo):
+    from fusionkit.core.errors import FusionkitError
+    from fusionkit.distill.ensemble import distill_zoo
+
+    with pytest.raises(FusionkitError, match="holds language models.*fix: fuse LMs by merging"):
+        distill_zoo(causal_zoo, steps=1)

@@ -315,10 +315,6 @@ def distill_zoo(args) -> int:
 
     quiet_transformers()
     texts = read_texts(args.texts) if args.texts else None  # a bad file fails before the zoo is built
-    if args.zoo == "causal":
-        raise FusionkitError("distill-zoo trains a classifier student on the experts' mean logits, and the causal "
-                             "zoo's experts are language models; fix: fuse LMs by merging (fusionkit merge METHOD "
-                             "--zoo causal) or with fusionkit.distill.fusellm")
     zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
     if args.experts:
         zoo = zoo.subset(args.experts)

@@ -122,6 +122,10 @@ def distill_zoo(zoo: Zoo, texts: list[str] | None = None, steps: int | None = No
     of this zoo to start from (default: the base body and the zoo's heads). ``callback(entry)`` sees every step's
     ``{"step", "kl", "seconds"}`` - the live curve: ``callback=fk.widgets.KLDashboard("ensemble distillation").update``.
     """
+    if zoo.experts[0].kind == "causal":
+        raise FusionkitError(f"zoo {zoo.name!r} holds language models and distill_zoo trains a classifier student on "
+                             "the experts' mean logits; fix: fuse LMs by merging (merge_zoo, fusionkit merge METHOD "
+                             "--zoo causal) or with fusionkit.distill.fusellm")
     texts = list(texts) if texts is not None else zoo_texts(zoo)
     if not texts:
         raise FusionkitError("no texts to distil on; fix: pass a non-empty list of strings (or texts=None for the "
