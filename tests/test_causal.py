@@ -292,3 +292,16 @@ def test_ensemble_distillation_refuses_a_zoo_of_language_models_in_one_line(caus
 
     with pytest.raises(FusionkitError, match="holds language models.*fix: fuse LMs by merging"):
         distill_zoo(causal_zoo, steps=1)
+
+
+def test_the_search_reports_run_on_a_causal_zoo_with_their_baselines(causal_zoo):
+    from fusionkit.search.dfwe import dfwe_report
+    from fusionkit.search.evolver import evolve_report
+
+    merged, report = dfwe_report(causal_zoo, "OnePlusOne", 6, quiet=True, dev_examples=8)
+    assert set(report["best"]["test"]) == set(causal_zoo.tasks)
+    labels = " | ".join(report["baselines"])
+    assert "uniform average" in labels and "greedy soup" in labels and "random search" in labels, labels
+    assert all(v < 0 for v in report["best"]["test"].values())  # log-likelihoods per token
+    _, evo = evolve_report(causal_zoo, "average", generations=1, quiet=True)
+    assert evo["evaluations"] >= 1 and set(evo["best"]["test"]) == set(causal_zoo.tasks)
