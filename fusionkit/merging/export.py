@@ -159,6 +159,8 @@ def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_l
     string names it (a bundled name or a sentence-transformers folder)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from ..models.lm_evaluator import tied_output_name
+
     out = Path(out)
     by_task = {}
     for e in merged.experts:
@@ -172,10 +174,8 @@ def save_merged(merged: Merged, out: str | Path, overwrite: bool = False, task_l
             source = by_task[task]
             model = (AutoModelForCausalLM if causal else AutoModelForSequenceClassification).from_pretrained(source.path)
             missing = model.load_state_dict(merged.state_for(task), strict=False)
-            tied = model.get_output_embeddings() if causal else None  # a tied LM head is the embedding table
-            lacking = [k for k in missing.missing_keys
-                       if not (tied is not None and tied.weight is model.get_input_embeddings().weight
-                               and k.endswith("lm_head.weight"))]
+            tied = tied_output_name(model) if causal else None  # a tied LM head is the embedding table itself
+            lacking = [k for k in missing.missing_keys if k != tied]
             if lacking:
                 raise MergeError(f"merged state lacks {lacking[:3]}")
             folder = tmp if one_model else tmp / task

@@ -68,7 +68,7 @@ class LMEvaluator(Evaluator):
         batch_size = max(1, min(batch_size, BATCH_TOKENS // max_length))
         super().__init__(model, tokenizer, max_length, batch_size, device, limit, precision)
         self.head_prefixes = ()  # the LM head is merged with the body: one vocabulary, nothing to keep apart
-        self.tied = _tied_output_name(model)
+        self.tied = tied_output_name(model)
 
     def _swap(self, params: dict | None, head: dict | None) -> dict:
         """The tensors a forward swaps in; a tied output matrix is dropped (the input table stands for both -
@@ -162,7 +162,7 @@ class LMEvaluator(Evaluator):
         return total / count
 
 
-def _tied_output_name(model) -> str | None:
+def tied_output_name(model) -> str | None:
     """The name of the output matrix when it is the input embedding table itself (tied), else None."""
     out, emb = model.get_output_embeddings(), model.get_input_embeddings()
     if out is None or out.weight is not emb.weight:
