@@ -336,9 +336,15 @@ def load_base(name: str = "minilm", num_labels: int | None = None, labels: list[
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     else:
         model = AutoModel.from_pretrained(path, dtype=dtype)
+    return model, with_pad_token(tokenizer)
+
+
+def with_pad_token(tokenizer):
+    """The tokenizer, padding with its end-of-text token if it has no pad token (causal LMs ship without one;
+    batching needs it; padded positions are masked everywhere they are scored)."""
     if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-        tokenizer.pad_token = tokenizer.eos_token  # causal LMs ship without one; batching needs it
-    return model, tokenizer
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 # --------------------------------------------------------------------------------------------- listing

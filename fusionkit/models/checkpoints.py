@@ -21,6 +21,7 @@ from pathlib import Path
 from ..core.cache import stable_hash
 from ..core.errors import MergeError
 from ..core.runtime import pick_device
+from ..data.assets import with_pad_token
 from .experts import Expert
 
 WEIGHTS = "model.safetensors"
@@ -63,7 +64,7 @@ class Checkpoint(Expert):
 
         auto = AutoModelForCausalLM if self.kind == "causal" else AutoModelForSequenceClassification
         model = auto.from_pretrained(self.path).to(pick_device(device))
-        return model, AutoTokenizer.from_pretrained(self.path)
+        return model, with_pad_token(AutoTokenizer.from_pretrained(self.path))
 
     def __repr__(self) -> str:
         return f"Checkpoint({self.name!r}, kind={self.kind!r}, task={self.task!r}, path={str(self.path)!r})"

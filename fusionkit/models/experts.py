@@ -15,6 +15,7 @@ from ..core.artefacts import Artefact, guard, lookup
 from ..core.cache import cache_dir, read_json, sha256_file, stable_hash
 from ..core.errors import MergeError
 from ..core.runtime import pick_device
+from ..data.assets import with_pad_token
 from .heads import split_head
 
 
@@ -58,10 +59,7 @@ class Expert:
 
         auto = AutoModelForCausalLM if self.kind == "causal" else AutoModelForSequenceClassification
         model = guard(self.artefact, auto.from_pretrained).to(pick_device(device))
-        tokenizer = AutoTokenizer.from_pretrained(self.path)
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token  # causal LMs ship without one; batching needs it
-        return model, tokenizer
+        return model, with_pad_token(AutoTokenizer.from_pretrained(self.path))
 
     @property
     def head_prefixes(self) -> tuple[str, ...]:
