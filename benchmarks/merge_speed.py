@@ -4,7 +4,8 @@ Three experts - benchmarks/make_checkpoints.py's SmolLM2-135M variants, each 4 A
 different corpus (made here if missing) - merged by ``merge_files`` with linear (average), task arithmetic, TIES,
 DARE-TIES and DELLA, each run in its own process:
 
-* **time**: ``merge_files`` alone (interpreter start-up and imports excluded), best of ``--repeats``, against the
+* **time**: ``merge_files`` alone (interpreter start-up and imports excluded, and the fused kernels' JIT start-up
+  - numba's import and cached-kernel load, once per process - timed apart), best of ``--repeats``, against the
   copy bound - the bytes the merge reads (every input file once) at the throughput of a plain large-tensor copy
   measured in the same run. Inputs are read once first (warm page cache) and the output goes to ``--out`` (default
   /dev/shm: a file write at memory speed, so the fsync that ``merge_files`` does costs nothing; a disk adds its own
@@ -59,6 +60,13 @@ def status(key):  # this process's own memory in MB; VmHWM is its peak since exe
     return int(line.split()[1]) / 1024
 
 base = a["base"] if get_method(a["method"]).needs_base else None
+jit = 0.0
+if a["method"] in ("average", "task_arithmetic", "ties"):  # methods with a fused CPU kernel: its JIT start-up, once per process, timed apart
+    try:  # (a --before tree may predate the kernels)
+        from fusionkit.merging.fused import warm
+        jit = warm()
+    except ImportError:
+        pass
 after_imports = status("VmRSS")
 device = {"device": a["device"]} if a["device"] else {}  # a --before tree may predate device=
 t = time.perf_counter()
@@ -66,7 +74,7 @@ merge_files(a["method"], a["experts"], a["out"], base=base, **device, **a["optio
 seconds = time.perf_counter() - t
 import fusionkit
 assert a["source"] is None or fusionkit.__file__.startswith(a["source"]), fusionkit.__file__
-print(json.dumps({"seconds": seconds, "peak_mb": status("VmHWM"), "after_imports_mb": after_imports}))
+print(json.dumps({"seconds": seconds, "peak_mb": status("VmHWM"), "after_imports_mb": after_imports, "jit_s": jit}))
 """
 
 
@@ -159,7 +167,9 @@ def main() -> None:
                          "x copy bound": round(seconds / bound, 1), "goal x": None if source else GOALS.get(label),
                          "peak MB": round(peak), "peak above imports MB": round(own),
                          "one model + one tensor per input MB": round(reference),
-                         "all runs s": [round(r["seconds"], 3) for r in runs]})
+                         "all runs s": [round(r["seconds"], 3) for r in runs],
+                         "JIT start-up s (once per process, not in merge s)": round(max(r.get("jit_s", 0.0)
+                                                                                       for r in runs), 3)})
             print(rows[-1], flush=True)
     by = {r["method"]: r for r in rows}
     if "linear" in by and "ties" in by:

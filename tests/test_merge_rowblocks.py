@@ -4,7 +4,7 @@ DELLA's masks continue one random stream across blocks."""
 import pytest
 import torch
 
-from fusionkit.merging import ops, rowblocks
+from fusionkit.merging import fused, ops, rowblocks
 from fusionkit.merging.merge import merge
 from fusionkit.merging.ops import trim, trim_cut
 
@@ -26,6 +26,13 @@ def states(seed, quantized=False):
     base = {k: torch.randn(s, generator=g) for k, s in SHAPES.items()}
     step = (lambda s: torch.randint(-6, 7, s, generator=g) / 4) if quantized else (lambda s: torch.randn(s, generator=g))
     return base, [{k: base[k] + 0.1 * step(s) for k, s in SHAPES.items()} for _ in range(3)]
+
+
+@pytest.fixture(autouse=True)
+def row_blocks_only(monkeypatch):
+    """These tests are about the row-block path; the fused CPU kernels, which take float32 and float64 merges on
+    the CPU in one pass, have their own (tests/test_merge_fused.py)."""
+    monkeypatch.setattr(fused, "available", lambda *a, **k: False)
 
 
 def blocked(monkeypatch, entries):

@@ -39,6 +39,11 @@ class MergeError(FusionkitError):
     """A merge cannot run with the given inputs or options."""
 
 
+class NonFiniteInput(MergeError):
+    """An input of a merge has NaN or Inf values; raised by a method that met them on its way (TIES's cut reads every
+    task-vector entry), so the driver can name which input without reading every input beforehand."""
+
+
 class SearchError(FusionkitError):
     """A search (DFWE, Evolver) cannot run with the given inputs or options."""
 

@@ -20,7 +20,7 @@ from typing import Callable
 
 import torch
 
-from ..core.errors import MergeError
+from ..core.errors import MergeError, NonFiniteInput
 from ..core.runtime import pick_device
 from .methods.averaging import average
 from .ops import Coefficients, coefficients_for
@@ -87,11 +87,14 @@ def merge(method: str, experts: list[StateDict], base: StateDict | None = None,
 
     def merged(name: str) -> torch.Tensor:  # its inputs are freed on return, before the next tensor is read
         tensors = [e[name] for e in experts]
-        if not m.propagates:  # a method that may drop entries (TIES's trim) could hide a NaN: check every input
+        if not m.propagates:  # a method that may drop entries (DARE's drops) could hide a NaN: check every input
             for t, label in zip(tensors, labels):
                 check_finite(name, t, label)
-        result = merged_from(name, tensors)
-        if m.propagates and not is_finite(result):  # a NaN or Inf came through: name the input it came from
+        try:
+            result = merged_from(name, tensors)
+        except NonFiniteInput:  # the method met a NaN or Inf on its way (TIES's cut): name the input below
+            result = None
+        if result is None or (m.propagates and not is_finite(result)):  # a NaN or Inf came through
             for t, label in zip(tensors, labels):
                 check_finite(name, t, label)
             if base is not None and name in base:

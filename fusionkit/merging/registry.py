@@ -70,8 +70,9 @@ class Method:
     n_experts: int | None = None  # exactly this many experts (SLERP: 2)
     options: dict[str, Option] = field(default_factory=dict)
     prepare: Callable | None = None  # whole-model step on the statistics before the per-tensor loop
-    # every input entry reaches the output through a sum (NaN and Inf propagate, even at weight 0): the driver checks
-    # the merged tensor for them instead of reading every input once more beforehand
+    # a NaN or Inf input shows - every input entry reaches the output through a sum (NaN and Inf propagate, even at
+    # weight 0), or the method raises NonFiniteInput when it meets one (TIES's cut reads every entry): the driver
+    # checks the merged tensor instead of reading every input once more beforehand
     propagates: bool = False
 
     def resolve(self, given: dict) -> dict:

@@ -17,6 +17,7 @@ files). Random generators stay on the CPU, so masks are the same on every device
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from ..core.lazy import lazy_import
@@ -58,6 +59,24 @@ def row_slices(t, device, whole: bool = False) -> list[slice]:
 def row_block(t, rows: slice, device, dtype):
     """Rows ``rows`` of ``as_rows(t)`` on ``device`` in ``dtype`` (a view when nothing changes: never write to it)."""
     return None if t is None else as_rows(t)[rows].to(device, dtype)
+
+
+class Scratch:
+    """Buffers reused from block to block of one tensor's merge: ``scratch(key, like)`` is a buffer of ``like``'s
+    shape, dtype and device, the same memory each time for the same key (grown when a block is larger). Fresh
+    tensors per block and step cost an allocation and, for blocks past the allocator's threshold, page faults on
+    memory that a reused buffer keeps in the cache."""
+
+    def __init__(self):
+        self._buffers: dict = {}
+
+    def __call__(self, key, like, n: int | None = None):
+        """A buffer shaped like ``like`` (``[n, *like.shape]`` with ``n``: a stack of n such blocks)."""
+        shape = tuple(like.shape) if n is None else (n, *like.shape)
+        size, buf = math.prod(shape), self._buffers.get(key)
+        if buf is None or buf.numel() < size or buf.dtype != like.dtype or buf.device != like.device:
+            buf = self._buffers[key] = torch.empty(size, dtype=like.dtype, device=like.device)
+        return buf[:size].view(shape)
 
 
 def map_rows(fn: Callable, tensors: list, ctx: dict | None = None, whole: bool = False, dtype=None,

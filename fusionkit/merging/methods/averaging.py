@@ -1,9 +1,10 @@
 """Linear combinations of the experts: the weighted average and task arithmetic."""
 from __future__ import annotations
 
+from .. import fused
 from ..ops import differences_into, task_vector_merge
 from ..registry import option, register
-from ..rowblocks import map_rows
+from ..rowblocks import compute_device, map_rows
 
 
 @register("average", "weighted average / uniform soup: Σ wᵢθᵢ / Σ wᵢ",
@@ -15,6 +16,9 @@ def average(tensors, base, w, ctx, *, normalize=True):
     Computed as θ₁ + Σ wᵢ(θᵢ − θ₁) / Σ wᵢ in row blocks, in float32 (:mod:`fusionkit.merging.ops`): the sum is of
     the experts' small differences from the first, so float32 rounds where float64 would."""
     total = float(w.sum())
+    if fused.available(compute_device(ctx, tensors[0]), *tensors):  # one pass on the CPU: the same arithmetic
+        return fused.linear(tensors, tensors[0], w, 1.0 / total if normalize else 1.0,
+                            1.0 if normalize else total)
 
     def block(dst, *xs):  # written into the output's rows: a few passes per block, no temporaries
         if normalize:

@@ -2,12 +2,14 @@
 (drop entries at random, rescale the survivors)."""
 from __future__ import annotations
 
+from .. import fused
 from ..ops import dare as dare_drop, disjoint_merge, task_vector_merge, tensor_generator, trim, trim_cut, weighted_sum
 from ..registry import option, register
+from ..rowblocks import compute_device
 
 
 @register("ties", "TIES: trim to top-density, elect sign, disjoint mean; θ₀ + λτ_M", needs_base=True,
-          reference="https://arxiv.org/abs/2306.01708",
+          reference="https://arxiv.org/abs/2306.01708", propagates=True,
           density=option("fraction of each task vector kept", lambda v: 0 < v <= 1, "in (0, 1]"),
           lam=option("scaling λ of the merged task vector"))
 def ties(tensors, base, w, ctx, *, density=0.2, lam=1.0):
@@ -18,8 +20,10 @@ def ties(tensors, base, w, ctx, *, density=0.2, lam=1.0):
     k-th largest magnitude over the *whole* tensor (:func:`~fusionkit.merging.ops.trim_cut`), and only applying
     it, the election and the mean run block by block, so the merge peaks near the linear merge's memory."""
     cuts = [trim_cut(t, base, density, ctx.get("device")) for t in tensors]
+    if fused.available(compute_device(ctx, base), base, *tensors):  # one pass on the CPU: the same arithmetic
+        return fused.ties(tensors, base, w, cuts, lam)
     return task_vector_merge(tensors, base, w, ctx, lam, disjoint_merge,
-                             lambda tau, i: trim(tau, density, cuts[i]))
+                             lambda tau, i: trim(tau, density, cuts[i], out=tau))
 
 
 @register("dare", "DARE: random drop p + rescale, then task arithmetic or TIES", needs_base=True,
