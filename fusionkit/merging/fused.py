@@ -87,8 +87,9 @@ def linear(tensors, ref, w, scale: float, ref_weight: float = 1.0):
 
 def abs_diff(x, ref):
     """|x − ref| flattened, in one pass, and whether every entry is finite (a NaN or Inf in either gives a NaN
-    there). The result lives in a buffer this thread reuses: valid until its next call (a TIES merge selects its
-    cut from it, in place, before asking for the next expert's)."""
+    there). The result lives in a buffer this thread reuses (as large as the largest tensor asked for, at most
+    ``ops.CUT_WHOLE_FUSED`` entries): valid until its next call - a TIES merge selects its cut from it, in place,
+    before asking for the next expert's."""
     a, b = _flat(x), _flat(ref)
     out = _buffer(a.size, a.dtype)
     finite = _abs_diff_kernel()(out, a, b)
@@ -117,7 +118,7 @@ def _buffer(n: int, dtype):
 
 def _flat(t):
     """A read-only 1-D numpy view (every input typed alike, so the experts form one tuple type for numba)."""
-    view = t.reshape(-1).numpy().view()
+    view = t.detach().reshape(-1).numpy().view()
     view.flags.writeable = False
     return view
 
