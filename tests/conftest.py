@@ -20,6 +20,24 @@ def isolated_cache(request, tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONKIT_CACHE", str(tmp_path / "cache"))
 
 
+def ties_by_definition(base, experts, w, density: float, lam: float):
+    """TIES written out in float64 for one tensor (Yadav et al. 2023): trim each τᵢ = θᵢ − θ₀ at its k-th largest
+    |τᵢ| (ties kept), elect s = sgn(Σ wᵢτ̂ᵢ), average the agreeing entries weighted by wᵢ (0 where none agrees).
+    Returns the merge and the elected signs."""
+    import torch
+
+    w = torch.as_tensor(w, dtype=torch.float64).view(-1, *([1] * base.dim()))
+    taus = torch.stack([e.double() - base.double() for e in experts])
+    k = round(density * taus[0].numel())
+    cut = taus.abs().flatten(1).kthvalue(taus[0].numel() - k + 1, dim=1).values.view(w.shape)
+    trimmed = taus * (taus.abs() >= cut)
+    sign = torch.sign((w * trimmed).sum(0))
+    agree = ((torch.sign(trimmed) == sign) & (trimmed != 0)).double()
+    den = (w * agree).sum(0)
+    mean = torch.where(den != 0, (w * trimmed * agree).sum(0) / torch.where(den != 0, den, 1.0), 0.0)
+    return base.double() + lam * mean, sign
+
+
 def tiny_tokenizer():
     """A WordPiece tokenizer over the 20 toy words (and BERT's 5 special tokens), built in code."""
     from transformers import BertTokenizerFast

@@ -1,6 +1,7 @@
 """Pin the math of every merge on small hand-made tensors and random linear layers."""
 import pytest
 import torch
+from conftest import ties_by_definition
 
 from fusionkit.merging.registry import METHODS
 from fusionkit.core.errors import MergeError
@@ -117,16 +118,9 @@ def test_ties_in_float32_matches_the_float64_definition_with_weights():
     w, density, lam = torch.tensor([1.0, 0.5, 2.0, 0.7], dtype=torch.float64), 0.3, 1.3
     got = merge("ties", [{"w": e} for e in experts], base={"w": base}, weights=w.tolist(), density=density,
                 lam=lam)["w"]
-    taus = torch.stack([e.double() - base.double() for e in experts])
-    k = round(density * taus[0].numel())
-    cut = taus.abs().flatten(1).kthvalue(taus[0].numel() - k + 1, dim=1).values.view(-1, 1, 1)
-    trimmed = taus * (taus.abs() >= cut)
-    sign = torch.sign((w.view(-1, 1, 1) * trimmed).sum(0))
-    agree = ((torch.sign(trimmed) == sign) & (trimmed != 0)).double()
-    want = base.double() + lam * (w.view(-1, 1, 1) * trimmed * agree).sum(0) / (w.view(-1, 1, 1) * agree).sum(0)
+    want, _ = ties_by_definition(base, experts, w, density, lam)
     assert got.dtype == torch.float32
-    torch.testing.assert_close(got.double(), torch.nan_to_num(want, nan=0.0) + base.double() * want.isnan(),
-                               rtol=0, atol=1e-7)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=1e-7)
     assert not torch.equal(got, merge("ties", [{"w": e} for e in experts], base={"w": base}, density=density,
                                       lam=lam)["w"])  # the weights matter
 
