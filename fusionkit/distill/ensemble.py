@@ -11,7 +11,7 @@ Lin et al., NeurIPS 2020, "Ensemble Distillation for Robust Model Fusion in Fede
   and no task: the zoo's training texts without their labels, or any text the user brings.
 * **Student** starts from the base body θ₀ with each task's head from the zoo, or from a merge ("merge, then
   distil": the merge's body and heads). It trains with the kit's fine-tuning recipe (AdamW, weight decay 0.01,
-  linear warm-up over 10% of the steps then decay, gradients clipped to norm 1; :mod:`fusionkit.models.fitting`).
+  linear warm-up over 10% of the steps then decay, gradients clipped to norm 1; :mod:`fusionkit.models.optimiser`).
 
 The teacher's logits are computed once (one forward per expert per text); the student's body runs once per batch
 and each head reads the same features. The result is cached like the multi-task model and quacks like a merge
@@ -36,6 +36,7 @@ from ..data.tasks import Task
 from ..models.evaluator import Evaluator
 from ..models.heads import base_state, split_head
 from ..models.multitask import MultiTask, save_parts
+from ..models.optimiser import Optimiser
 from ..models.zoo import Zoo
 from .training import kl_loss
 
@@ -146,7 +147,7 @@ def distill_zoo(zoo: Zoo, texts: list[str] | None = None, steps: int | None = No
                              "start from a merge of this zoo (merge_zoo(method, zoo))")
     options = {"steps": steps, "tau": tau, "lr": lr, "batch_size": batch_size, "max_length": profile.max_length,
                "seed": seed, "init": _init_recipe(init)}
-    recipe = {"code": code_version(__name__), "experts": [e.id for e in zoo.experts], "tasks": list(zoo.tasks),
+    recipe = {"code": code_version(__name__, "fusionkit.models.optimiser"), "experts": [e.id for e in zoo.experts], "tasks": list(zoo.tasks),
               "texts": stable_hash(texts), "options": options}
     start = "base" if init is None else f"a {init.method} merge"
     art = Artefact(cache_dir("distilled") / stable_hash(recipe), True, "distilled student",
@@ -157,8 +158,6 @@ def distill_zoo(zoo: Zoo, texts: list[str] | None = None, steps: int | None = No
 
 
 def _distil(tmp, art, recipe, zoo, texts, init, device, callback, quiet) -> Distilled:
-    from transformers import get_linear_schedule_with_warmup
-
     quiet_transformers()
     o = recipe["options"]
     seed_everything(o["seed"])
@@ -178,9 +177,7 @@ def _distil(tmp, art, recipe, zoo, texts, init, device, callback, quiet) -> Dist
     heads = {t: {k[len(prefix) + 1:]: torch.nn.Parameter(v.detach().clone().float().to(device))
                  for k, v in heads0[t].items()} for t in zoo.tasks}
     body_params = [p for n, p in model.named_parameters() if not n.startswith(prefix + ".")]
-    params = body_params + [p for h in heads.values() for p in h.values()]
-    opt = torch.optim.AdamW(params, lr=o["lr"], weight_decay=0.01, fused=True)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * o["steps"]), o["steps"])
+    opt = Optimiser(body_params + [p for h in heads.values() for p in h.values()], o["lr"], o["steps"])
 
     features = {}
     hook = head_module.register_forward_pre_hook(lambda module, args: features.__setitem__("x", args[0]))
@@ -196,13 +193,8 @@ def _distil(tmp, art, recipe, zoo, texts, init, device, callback, quiet) -> Dist
             batch = tokenizer.pad([{k: enc[k][i] for k in enc.keys()} for i in idx], return_tensors="pt")
             model(**{k: v.to(device) for k, v in batch.items()})  # the body once; each head reads its features
             student = {t: torch.func.functional_call(head_module, h, (features["x"],)) for t, h in heads.items()}
-            loss = ensemble_kl(student, {t: lp[idx].to(device) for t, lp in teacher_logp.items()}, o["tau"])
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
-            trace.append({"step": step, "kl": round(loss.item(), 5), "seconds": round(time.perf_counter() - t1, 2)})
+            kl = opt.step(ensemble_kl(student, {t: lp[idx].to(device) for t, lp in teacher_logp.items()}, o["tau"]))
+            trace.append({"step": step, "kl": round(kl, 5), "seconds": round(time.perf_counter() - t1, 2)})
             if callback is not None:
                 callback(trace[-1])
     finally:

