@@ -294,6 +294,17 @@ def test_ensemble_distillation_refuses_a_zoo_of_language_models_in_one_line(caus
         distill_zoo(causal_zoo, steps=1)
 
 
+def test_the_command_line_refuses_to_distil_the_causal_zoo_before_building_it(monkeypatch, capsys):
+    from fusionkit.cli import main
+    from fusionkit.models import zoo
+
+    def never(*args, **kwargs):
+        raise AssertionError("the zoo was built before the refusal")
+    monkeypatch.setattr(zoo, "build_zoo", never)
+    assert main(["distill-zoo", "--zoo", "causal"]) == 2
+    assert "holds language models" in capsys.readouterr().err
+
+
 def test_the_search_reports_run_on_a_causal_zoo_with_their_baselines(causal_zoo):
     from fusionkit.search.dfwe import dfwe_report
     from fusionkit.search.evolver import evolve_report

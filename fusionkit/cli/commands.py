@@ -308,12 +308,14 @@ def distill(args) -> int:
 
 
 def distill_zoo(args) -> int:
-    from ..distill.ensemble import distill_report
+    from ..distill.ensemble import distill_report, refuse_lm_zoo
     from ..merging.zoo_merge import merge_zoo
     from ..models.perplexity import read_texts
-    from ..models.zoo import build_zoo
+    from ..models.zoo import LM_ZOOS, build_zoo
 
     quiet_transformers()
+    if args.zoo in LM_ZOOS:  # before minutes of building it
+        refuse_lm_zoo(args.zoo)
     texts = read_texts(args.texts) if args.texts else None  # a bad file fails before the zoo is built
     zoo = build_zoo(args.zoo, args.profile, seed=args.seed, quiet=args.json)
     if args.experts:

@@ -113,6 +113,13 @@ def _init_recipe(init) -> dict | str:
     return {"method": init.method, "options": init.options, "experts": [e.id for e in init.experts]}
 
 
+def refuse_lm_zoo(name: str) -> None:
+    """The one-line refusal for a zoo of language models (the command line says it before building the zoo)."""
+    raise FusionkitError(f"zoo {name!r} holds language models and distill_zoo trains a classifier student on the "
+                         "experts' mean logits; fix: fuse LMs by merging (merge_zoo, fusionkit merge METHOD --zoo "
+                         "causal) or with fusionkit.distill.fusellm")
+
+
 def distill_zoo(zoo: Zoo, texts: list[str] | None = None, steps: int | None = None, tau: float = 2.0,
                 lr: float | None = None, batch_size: int | None = None, init=None, seed: int = 0, device="auto",
                 callback: Callable[[dict], None] | None = None, quiet: bool = False) -> Distilled:
@@ -124,9 +131,7 @@ def distill_zoo(zoo: Zoo, texts: list[str] | None = None, steps: int | None = No
     ``{"step", "kl", "seconds"}`` - the live curve: ``callback=fk.widgets.KLDashboard("ensemble distillation").update``.
     """
     if zoo.experts[0].kind == "causal":
-        raise FusionkitError(f"zoo {zoo.name!r} holds language models and distill_zoo trains a classifier student on "
-                             "the experts' mean logits; fix: fuse LMs by merging (merge_zoo, fusionkit merge METHOD "
-                             "--zoo causal) or with fusionkit.distill.fusellm")
+        refuse_lm_zoo(zoo.name)
     texts = list(texts) if texts is not None else zoo_texts(zoo)
     if not texts:
         raise FusionkitError("no texts to distil on; fix: pass a non-empty list of strings (or texts=None for the "

@@ -264,6 +264,7 @@ def _causal(profile: Profile, seed: int, quiet: bool) -> Zoo:
 
 
 ZOOS = {"multitask": _multitask, "partitions": _partitions, "transfer": _transfer, "causal": _causal}
+LM_ZOOS = frozenset({"causal"})  # the zoos of causal LMs (Expert.kind "causal"); the others hold classifiers
 
 
 def build_zoo(name: str = "multitask", profile: str | Profile = "smoke", seed: int = 0, quiet: bool = False) -> Zoo:
