@@ -46,6 +46,13 @@ def coefficients_for(name: str, weights: Coefficients, n: int):
     return w
 
 
+def task_vectors(tensors, base, dtype) -> list:
+    """τᵢ = θᵢ − θ₀ for every expert's tensor, in ``dtype`` (θ₀ converted once). Whole tensors: for the methods that
+    rank or decompose τᵢ as a whole; the entry-wise ones take them a row block at a time (:func:`task_vector_merge`)."""
+    b = base.to(dtype)
+    return [t.to(dtype) - b for t in tensors]
+
+
 def bcast(w, like):
     """Per-expert coefficients ``[N]`` shaped to multiply a stack ``[N, *like.shape]``."""
     return w.view(-1, *([1] * like.dim()))

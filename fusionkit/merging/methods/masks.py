@@ -7,7 +7,7 @@ Notation: θ₀ base, τᵢ = θᵢ − θ₀, wᵢ coefficients; masks are per 
 from __future__ import annotations
 
 from ...core.lazy import lazy_import
-from ..ops import weighted_sum
+from ..ops import task_vectors, weighted_sum
 from ..registry import option, register
 from ..task_models import TaskParts
 
@@ -17,8 +17,7 @@ torch = lazy_import("torch")
 def _taus(tensors, base):
     """Task vectors in float32: masks compare and select entries, so float64 would change no mask and cost 2x
     (sums that divide - EMR's rescaler terms - are taken in float64)."""
-    b = base.float()
-    return [t.float() - b for t in tensors]
+    return task_vectors(tensors, base, torch.float32)
 
 
 # ---------------------------------------------------------------------------------------------- EMR-merging

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from ...core.errors import MergeError
 from ...core.lazy import lazy_import
-from ..ops import bcast, disjoint_merge, task_vector_merge, tensor_generator, weighted_sum
+from ..ops import bcast, disjoint_merge, task_vector_merge, task_vectors, tensor_generator, weighted_sum
 from ..registry import option, register
 
 torch = lazy_import("torch")
@@ -15,8 +15,8 @@ FRACTION = (lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def _taus(tensors, base):
-    b = base.double()
-    return [t.double() - b for t in tensors]
+    """Task vectors in float64: Breadcrumbs and SCE rank and sum whole tensors' entries."""
+    return task_vectors(tensors, base, torch.float64)
 
 
 # ---------------------------------------------------------------------------------------------- Breadcrumbs

@@ -10,14 +10,14 @@ before any decomposition (FusionBench's per-task alphas); wᵢ = 1 is the papers
 from __future__ import annotations
 
 from ...core.lazy import lazy_import
+from ..ops import task_vectors
 from ..registry import option, register
 
 torch = lazy_import("torch")
 
 
 def _scaled_taus(tensors, base, w):
-    b = base.double()
-    return [wi * (t.double() - b) for wi, t in zip(w.tolist(), tensors)]
+    return [wi * tau for wi, tau in zip(w.tolist(), task_vectors(tensors, base, torch.float64))]
 
 
 def _mean(taus, w):
