@@ -107,10 +107,40 @@ def test_the_bracket_keeps_everything_within_even_past_its_room():
     x, ref = torch.randn(20000, generator=g), torch.randn(20000, generator=g)
     d = (x - ref).abs()
     lo, hi = float(d.quantile(0.1)), float(d.quantile(0.9))
-    above, kept, finite = fused.count_and_keep(x, ref, lo, hi, expected=0)  # room: 4096 < ~16000 inside
+    above, kept, zeros, finite = fused.count_and_keep(x, ref, lo, hi, expected=0)  # room: 4096 < ~16000 inside
     inside = d[(d >= lo) & (d <= hi)]
-    assert finite and above == int((d > hi).sum()) and kept.numel() == inside.numel() > 4096
+    assert finite and above == int((d > hi).sum()) and kept.numel() == inside.numel() > 4096 and zeros == 0
     assert torch.equal(kept.sort().values, inside.sort().values)
+
+
+@pytest.mark.parametrize("fused_cut", [True, False])
+@pytest.mark.parametrize("bracket", [False, True])
+@pytest.mark.parametrize("density", [0.01, 0.03, 0.3, 0.9])
+def test_cuts_of_mostly_unchanged_tensors(monkeypatch, fused_cut, bracket, density):
+    """An expert that left 95% of a tensor as it was (an embedding's unseen tokens, a frozen layer): |τ| is mostly
+    exact zeros. The cut is still kthvalue's - 0 once k reaches into the zeros - whichever path takes it."""
+    if not fused_cut:
+        row_blocks_only(monkeypatch)
+    if bracket:
+        monkeypatch.setattr(ops, "CUT_WHOLE_FUSED", 1)
+        monkeypatch.setattr(ops, "CUT_WHOLE", 1)
+        monkeypatch.setattr(ops, "CUT_SAMPLE", 400)
+    base, experts = states(8)
+    ref = base["emb.weight"]
+    changed = torch.rand(ref.shape, generator=torch.Generator().manual_seed(0)) < 0.05
+    x = torch.where(changed, experts[0]["emb.weight"], ref)
+    tau = (x - ref).abs().reshape(-1)
+    want = tau.kthvalue(tau.numel() - max(1, round(density * tau.numel())) + 1).values
+    assert torch.equal(trim_cut(x, ref, density), want)
+    assert (want == 0) == (density > 0.05)
+
+
+def test_the_kth_largest_of_mostly_zeros():
+    values = torch.zeros(100_000)
+    values[::20] = torch.arange(1, 5001, dtype=torch.float32)
+    for k in (1, 17, 5000, 5001, 60_000, 100_000):
+        want = values.kthvalue(values.numel() - k + 1).values
+        assert torch.equal(ops._kth_largest(values.clone(), k), want), k
 
 
 @pytest.mark.parametrize("where", ["expert", "base"])

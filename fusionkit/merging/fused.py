@@ -86,24 +86,26 @@ def linear(tensors, ref, w, scale: float, ref_weight: float = 1.0):
 
 
 def abs_diff(x, ref):
-    """|x − ref| flattened, in one pass, and whether every entry is finite (a NaN or Inf in either gives a NaN
-    there). The result lives in a buffer this thread reuses (as large as the largest tensor asked for, at most
+    """|x − ref| flattened, in one pass, with how many of its entries are 0 and whether every entry is finite (a
+    NaN or Inf in either gives a NaN there). The result lives in a buffer this thread reuses (as large as the largest tensor asked for, at most
     ``ops.CUT_WHOLE_FUSED`` entries): valid until its next call - a TIES merge selects its cut from it, in place,
     before asking for the next expert's."""
     a, b = _flat(x), _flat(ref)
     out = _buffer(a.size, a.dtype)
-    finite = _abs_diff_kernel()(out, a, b)
-    return torch.from_numpy(out), bool(finite)
+    zeros, finite = _abs_diff_kernel()(out, a, b)
+    return torch.from_numpy(out), int(zeros), bool(finite)
 
 
 def count_and_keep(x, ref, lo: float, hi: float, expected: int):
-    """For d = |x − ref|: how many entries exceed ``hi``, the entries within [lo, hi] (a new 1-D tensor), and
+    """For d = |x − ref|: how many entries exceed ``hi``, the nonzero entries within [lo, hi] (a new 1-D tensor),
+    how many zeros lie within (counted, not kept: an expert's unchanged entries can be most of a tensor) and
     whether every entry is finite - a sampling select's bracket, with no |x − ref| held whole. One pass into room
     for twice the ``expected`` number within (a large tensor is read from memory: each pass costs); a second pass
     when more fall within."""
     a, b = _flat(x), _flat(ref)
-    above, between, finite = _bracket_kernel()(a, b, a.dtype.type(lo), a.dtype.type(hi), 2 * expected + 4096)
-    return int(above), torch.from_numpy(between), bool(finite)
+    above, between, zeros, finite = _bracket_kernel()(a, b, a.dtype.type(lo), a.dtype.type(hi),
+                                                      2 * expected + 4096)
+    return int(above), torch.from_numpy(between), int(zeros), bool(finite)
 
 
 _local = threading.local()
@@ -177,12 +179,14 @@ def _abs_diff_kernel():
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def kernel(out, x, b):
         largest = np.finfo(x.dtype).max
-        bad = 0  # an integer OR, not a float test: it keeps the loop vectorisable
+        zero = x.dtype.type(0)
+        zeros, bad = 0, 0  # integer sums and ORs, not float tests: they keep the loop vectorisable
         for j in range(x.size):
             d = abs(x[j] - b[j])
             out[j] = d
+            zeros += d == zero
             bad |= not (d <= largest)  # NaN and Inf fail d <= the largest finite value
-        return bad == 0
+        return zeros, bad == 0
 
     return kernel
 
@@ -194,23 +198,25 @@ def _bracket_kernel():
     @numba.njit(cache=True, nogil=True, boundscheck=False)
     def kernel(x, b, lo, hi, room):
         largest = np.finfo(x.dtype).max
-        above, inside, bad = 0, 0, 0
+        zero = x.dtype.type(0)
+        above, inside, zeros, bad = 0, 0, 0, 0
         kept = np.empty(room + 1, dtype=x.dtype)
         for j in range(x.size):  # write every d, advance past the kept ones: no branch to mispredict (5x faster)
             d = abs(x[j] - b[j])
             above += d > hi
             kept[min(inside, room)] = d
-            inside += (d >= lo) & (d <= hi)
+            inside += (d >= lo) & (d <= hi) & (d > zero)
+            zeros += (d == zero) & (lo <= zero)
             bad |= not (d <= largest)
         if inside <= room:
-            return above, kept[:inside], bad == 0
+            return above, kept[:inside], zeros, bad == 0
         kept = np.empty(inside + 1, dtype=x.dtype)  # more fell within than there was room for: keep them all
         k = 0
         for j in range(x.size):
             d = abs(x[j] - b[j])
             kept[k] = d
-            k += (d >= lo) & (d <= hi)
-        return above, kept[:k], bad == 0
+            k += (d >= lo) & (d <= hi) & (d > zero)
+        return above, kept[:k], zeros, bad == 0
 
     return kernel
 
