@@ -22,7 +22,7 @@ from typing import Sequence
 from ..core.errors import MergeError, NonFiniteInput
 from ..core.lazy import lazy_import
 from . import fused
-from .rowblocks import Scratch, as_rows, compute_device, map_rows, row_block, row_slices, working_dtype
+from .rowblocks import BLOCK_ELEMENTS, Scratch, as_rows, compute_device, map_rows, row_block, row_slices, working_dtype
 
 torch = lazy_import("torch")
 np = lazy_import("numpy")
@@ -95,7 +95,8 @@ def differences_into(dst, tensors, w, ref, scale: float = 1.0):
 # larger ones by a sample of CUT_SAMPLE entries and a bracket of CUT_SIGMAS standard deviations of its rank. With
 # the fused CPU kernels the same line is drawn in entries (CUT_WHOLE_FUSED, 16 CPU blocks): below it |τ| is written
 # in one pass into a reused buffer and partitioned (0.3 ns an entry), above it |τ| is never held whole.
-CUT_WHOLE, CUT_SAMPLE, CUT_SIGMAS, CUT_WHOLE_FUSED = 16, 1 << 16, 5.0, 1 << 22
+CUT_WHOLE, CUT_SAMPLE, CUT_SIGMAS = 16, 1 << 16, 5.0
+CUT_WHOLE_FUSED = CUT_WHOLE * BLOCK_ELEMENTS["cpu"]
 
 
 def trim_cut(x, ref, density: float, device=None):

@@ -16,9 +16,10 @@ def ties(tensors, base, w, ctx, *, density=0.2, lam=1.0):
     """TIES-merging (Yadav et al. 2023): (1) trim each τᵢ to its top-``density`` entries by magnitude, (2) elect a
     sign per entry s = sgn(Σ wᵢτ̂ᵢ), (3) average only the entries that agree with s (disjoint mean), θ = θ₀ + λτ_M.
 
-    In float32 (exact enough, 2x faster: :mod:`fusionkit.merging.ops`) and in row blocks: each τᵢ's cut is its
-    k-th largest magnitude over the *whole* tensor (:func:`~fusionkit.merging.ops.trim_cut`), and only applying
-    it, the election and the mean run block by block, so the merge peaks near the linear merge's memory."""
+    In the inputs' precision (float32 is exact enough: :mod:`fusionkit.merging.ops`). Each τᵢ's cut is its k-th
+    largest magnitude over the *whole* tensor (:func:`~fusionkit.merging.ops.trim_cut`); applying it, the election
+    and the mean then run in one fused pass on the CPU (:func:`fusionkit.merging.fused.ties`), elsewhere row block
+    by row block - either way the merge peaks near the linear merge's memory."""
     cuts = [trim_cut(t, base, density, ctx.get("device")) for t in tensors]
     if fused.available(compute_device(ctx, base), base, *tensors):  # one pass on the CPU: the same arithmetic
         return fused.ties(tensors, base, w, cuts, lam)
